@@ -1,0 +1,319 @@
+"""Methods: how a set of derivative quantities of one field is computed.
+
+Every named operator asks its method for *quantities* of the flattened field
+`fn(x, t) -> (m,)` at one sample `x` of shape `(d,)`:
+
+| quantity     | shape       | meaning                                   |
+| ------------ | ----------- | ----------------------------------------- |
+| `value`      | `(m,)`      | $f(x, t)$                                 |
+| `jacobian`   | `(m, d)`    | $\\partial f / \\partial x$               |
+| `dt`         | `(m,)`      | $\\partial f / \\partial t$               |
+| `divergence` | `()`        | $\\nabla \\cdot f$ (needs $m = d$)        |
+| `laplacian`  | `(m,)`      | $\\Delta f_i$                             |
+| `graddiv`    | `(d,)`      | $\\nabla (\\nabla \\cdot f)$              |
+| `advection`  | `(d,)`      | $(f \\cdot \\nabla) f = J f$              |
+| `hessian`    | `(m, d, d)` | $\\partial^2 f_i / \\partial x \\partial x$ |
+
+A fused expression asks for the union of its terms' quantities at once, so a
+method computes them from one shared propagation wherever it can.
+"""
+
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+
+Fn = Callable[[Array, Array | None], Array]
+
+
+class AbstractMethod(eqx.Module):
+    """How derivative quantities of a field are computed. See `eqxderiv.Taylor`,
+    `eqxderiv.Forward`, `eqxderiv.Nested`, `eqxderiv.Hutchinson` and
+    `eqxderiv.SparseSampling`.
+    """
+
+    stochastic: ClassVar[bool]
+
+    @abc.abstractmethod
+    def compute(
+        self, fn: Fn, x: Array, t: Array | None, needs: frozenset[str], key: Any
+    ) -> dict[str, Array]:
+        """Computes every quantity in `needs` at one sample."""
+
+
+def _call(fn: Fn, t: Array | None) -> Callable[[Array], Array]:
+    return lambda x: fn(x, t)
+
+
+def exact_jacobian(fn: Fn, x: Array, t: Array | None) -> tuple[Array, Array]:
+    """Value and Jacobian `(m, d)`: forward tangents when `d <= m`, else reverse
+    cotangents, whichever needs fewer passes."""
+    g = _call(fn, t)
+    value, vjp = jax.vjp(g, x)
+    m, d = value.shape[0], x.shape[0]
+    if d <= m:
+        eye = jnp.eye(d, dtype=x.dtype)
+        _, cols = jax.vmap(lambda v: jax.jvp(g, (x,), (v,)))(eye)
+        return value, cols.T
+    eye = jnp.eye(m, dtype=value.dtype)
+    (rows,) = jax.vmap(vjp)(eye)
+    return value, rows
+
+
+def time_derivative(fn: Fn, x: Array, t: Array) -> tuple[Array, Array]:
+    return jax.jvp(lambda s: fn(x, s), (t,), (jnp.ones_like(t),))
+
+
+def hessian(fn: Fn, x: Array, t: Array | None) -> Array:
+    # Forward-over-reverse: d forward passes over one reverse pass.
+    return jax.jacfwd(jax.jacrev(_call(fn, t)))(x)
+
+
+class AbstractJetMethod(AbstractMethod):
+    """A method built on one forward pass that pushes the value, `K` first-order
+    tangents and one weighted sum of second-order terms through the field:
+
+    $$T_k = J v_k, \\qquad S = \\sum_k w_k\\, D^2 f[v_k, v_k].$$
+
+    Subclasses choose the directions $v_k$ and weights $w_k$ (`directions`) and
+    how the pass is computed (`jet`). Exact methods use $v_k = e_k$, $w_k = 1$, so
+    $T$ is the Jacobian and $S$ the Laplacian; stochastic ones use random probes.
+    A time direction, when asked for, is appended with weight zero.
+    The gradient of the divergence is reverse mode over this forward pass.
+    """
+
+    chunk_size: eqx.AbstractVar[int | None]
+
+    @abc.abstractmethod
+    def directions(
+        self, d: int, dtype: Any, key: Any
+    ) -> tuple[Array, Array, bool]:
+        """Returns `(V, w, exact)`: directions `(K, d)`, weights `(K,)`, and
+        whether `V` is the identity (so that tangents give the Jacobian)."""
+
+    @abc.abstractmethod
+    def jet(
+        self,
+        fn: Fn,
+        x: Array,
+        t: Array | None,
+        tx: Array,
+        tt: Array | None,
+        w: Array,
+        second: bool,
+    ) -> tuple[Array, Array, Array | None]:
+        """Returns `(value (m,), tangents (K, m), second (m,) or None)`."""
+
+    def _chunked_jet(self, fn, x, t, tx, tt, w, second):
+        k = tx.shape[0]
+        c = self.chunk_size
+        if c is None or k <= c:
+            return self.jet(fn, x, t, tx, tt, w, second)
+        # Bounded memory: propagate `c` directions at a time. Padding rows have
+        # zero tangents and zero weight, so they add nothing.
+        n = -(-k // c)
+        pad = n * c - k
+
+        def padded(a):
+            a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
+            return a.reshape((n, c) + a.shape[1:])
+
+        args = (padded(tx), None if tt is None else padded(tt), padded(w))
+
+        def one(a):
+            cx, ct, cw = a
+            return self.jet(fn, x, t, cx, ct, cw, second)
+
+        values, tangents, seconds = jax.lax.map(one, args)
+        tangents = tangents.reshape((n * c,) + tangents.shape[2:])[:k]
+        s = None if seconds is None else jnp.sum(seconds, axis=0)
+        return values[0], tangents, s
+
+    def compute(self, fn, x, t, needs, key):
+        d = x.shape[0]
+        want_dt = "dt" in needs
+        if want_dt and t is None:
+            raise ValueError("The time derivative needs a time `t`.")
+        stochastic_q = needs & {"divergence", "laplacian", "graddiv"}
+        want_jac = "jacobian" in needs
+        V, w, exact = self.directions(d, x.dtype, key)
+        m = jax.eval_shape(fn, x, t).shape[0]
+        # The forward pass gives the Jacobian as a by-product for exact methods;
+        # for a Jacobian alone, reverse mode is cheaper when m < d.
+        use_dirs = bool(stochastic_q) or (exact and want_jac and d <= m)
+        second = "laplacian" in needs
+        q: dict[str, Array] = {}
+
+        if not use_dirs:
+            if want_jac:
+                q["value"], q["jacobian"] = exact_jacobian(fn, x, t)
+            if want_dt:
+                q["value"], q["dt"] = time_derivative(fn, x, t)  # pyright: ignore
+            if "value" not in q:
+                q["value"] = fn(x, t)
+        else:
+
+            def jet_pass(x_):
+                if want_dt:
+                    assert t is not None
+                    tx = jnp.concatenate([V, jnp.zeros((1, d), V.dtype)])
+                    tt = jnp.zeros((V.shape[0] + 1,) + t.shape, t.dtype)
+                    tt = tt.at[-1].set(1)
+                    ww = jnp.concatenate([w, jnp.zeros((1,), w.dtype)])
+                else:
+                    tx, tt, ww = V, None, w
+                if t is None:
+                    tt = None
+                value, T, S = self._chunked_jet(fn, x_, t, tx, tt, ww, second)
+                out = {"value": value}
+                Tx = T[: V.shape[0]]
+                if want_dt:
+                    out["dt"] = T[-1]
+                if stochastic_q:
+                    # sum_k w_k v_k . (J v_k): the trace for V = I, w = 1.
+                    out["divergence"] = jnp.einsum("k,kd,kd->", w, V, Tx)
+                if exact:
+                    out["jacobian"] = Tx.T
+                if S is not None:
+                    out["laplacian"] = S
+                return out
+
+            if "graddiv" in needs:
+
+                def div_aux(x_):
+                    out = jet_pass(x_)
+                    return out["divergence"], out
+
+                (_, q), q["graddiv"] = jax.value_and_grad(div_aux, has_aux=True)(x)
+            else:
+                q = jet_pass(x)
+
+        if want_jac and "jacobian" not in q:
+            # Stochastic methods give exact Jacobians too.
+            _, q["jacobian"] = exact_jacobian(fn, x, t)
+        if "advection" in needs:
+            if "jacobian" in q:
+                q["advection"] = q["jacobian"] @ q["value"]
+            else:
+                # (f . grad) f is one JVP along f itself; no Jacobian is formed.
+                _, q["advection"] = jax.jvp(_call(fn, t), (x,), (q["value"],))
+        if "hessian" in needs:
+            q["hessian"] = hessian(fn, x, t)
+        return q
+
+
+def _forward_jet(fn, x, t, tx, tt, w, second):
+    """Nested forward mode: one JVP (or JVP-of-JVP) per direction, vectorised."""
+
+    def one(vx, vt):
+        if tt is None:
+            # No time direction: `t` (possibly None) is held fixed.
+            g, primals, tangents = (lambda a: fn(a, t)), (x,), (vx,)
+        else:
+            g, primals, tangents = fn, (x, t), (vx, vt)
+        if not second:
+            y, dy = jax.jvp(g, primals, tangents)
+            return y, dy, y
+        inner = lambda *p: jax.jvp(g, p, tangents)
+        (y, dy), (_, d2y) = jax.jvp(inner, primals, tangents)
+        return y, dy, d2y
+
+    y, dy, d2y = jax.vmap(one)(tx, tx if tt is None else tt)
+    return y[0], dy, (jnp.tensordot(w, d2y, axes=1) if second else None)
+
+
+class Forward(AbstractJetMethod):
+    """Exact derivatives by plain nested forward mode: one JVP per input
+    direction for first-order terms, one JVP-of-JVP per direction for the
+    Laplacian, reverse mode over that for the gradient of the divergence.
+
+    The Laplacian costs $d$ second-order passes, where `Taylor` pays for one
+    collapsed pass; this method is kept as a dependable, primitive-agnostic
+    alternative.
+
+    **Arguments:**
+
+    - `chunk_size`: propagate at most this many input directions at a time
+        (bounds memory for large `d`). `None` propagates all at once.
+    """
+
+    chunk_size: int | None = eqx.field(default=None, static=True)
+    stochastic: ClassVar[bool] = False
+
+    def directions(self, d, dtype, key):
+        return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
+
+    def jet(self, fn, x, t, tx, tt, w, second):
+        return _forward_jet(fn, x, t, tx, tt, w, second)
+
+
+class Nested(AbstractMethod):
+    """Brute-force nested autodiff, as one writes it by hand: `jax.jacobian`
+    for first derivatives, `jax.hessian` traced for Laplacians, Jacobian of the
+    trace of the Jacobian for the gradient of the divergence. Every quantity is
+    computed separately. This is the reference the other methods are tested
+    against; it builds a `(d, d)` Hessian per output for a Laplacian.
+    """
+
+    stochastic: ClassVar[bool] = False
+
+    def compute(self, fn, x, t, needs, key):
+        g = _call(fn, t)
+        q: dict[str, Array] = {"value": g(x)}
+        m = q["value"].shape[0]
+        if needs & {"jacobian", "divergence", "advection"}:
+            q["jacobian"] = jax.jacobian(g)(x)
+        if "dt" in needs:
+            if t is None:
+                raise ValueError("The time derivative needs a time `t`.")
+            q["dt"] = jax.jacobian(lambda s: fn(x, s))(t).reshape(m)
+        if "divergence" in needs:
+            q["divergence"] = jnp.trace(q["jacobian"])
+        if "laplacian" in needs:
+            q["laplacian"] = jnp.trace(jax.hessian(g)(x), axis1=-2, axis2=-1)
+        if "graddiv" in needs:
+            q["graddiv"] = jax.jacobian(lambda a: jnp.trace(jax.jacobian(g)(a)))(x)
+        if "advection" in needs:
+            q["advection"] = q["jacobian"] @ q["value"]
+        if "hessian" in needs:
+            q["hessian"] = jax.hessian(g)(x)
+        return q
+
+
+_NAMES = ("auto", "taylor", "forward", "nested", "hutchinson", "sparse")
+
+
+def as_method(method: Any) -> AbstractMethod:
+    """Converts the `method=` argument of an operator to a method object."""
+    if isinstance(method, AbstractMethod):
+        return method
+    if isinstance(method, str):
+        if method == "auto" or method == "taylor":
+            from ._taylor_method import Taylor
+
+            return Taylor()
+        if method == "forward":
+            return Forward()
+        if method == "nested":
+            return Nested()
+        if method == "hutchinson":
+            from ._stochastic import Hutchinson
+
+            return Hutchinson()
+        if method == "sparse":
+            from ._stochastic import SparseSampling
+
+            return SparseSampling()
+        raise ValueError(
+            f"`method` must be one of {_NAMES} or a method object such as "
+            f"`eqxderiv.Hutchinson(num_probes=16)`; got {method!r}."
+        )
+    raise TypeError(
+        f"`method` must be a string from {_NAMES} or an `eqxderiv` method object; "
+        f"got {type(method).__name__}."
+    )

@@ -1,0 +1,112 @@
+"""Unbiased stochastic estimators of traces: Hutchinson probes and sparse
+sampling of input dimensions."""
+
+from typing import ClassVar, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._method import AbstractJetMethod
+from ._taylor_method import taylor_jet
+
+
+def _check_count(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
+
+
+def _check_chunk(value):
+    if value is not None:
+        _check_count(value, "chunk_size")
+
+
+class Hutchinson(AbstractJetMethod):
+    """Hutchinson's trace estimator for `Divergence`, `Laplacian` and `GradDiv`.
+
+    With $K$ independent probes $v_k$ of zero mean and identity covariance,
+
+    $$\\nabla\\cdot f \\approx \\frac1K\\sum_k v_k^\\top J v_k, \\qquad
+    \\Delta f \\approx \\frac1K\\sum_k v_k^\\top (\\nabla^2 f) v_k,$$
+
+    and the gradient of the divergence is the gradient of the first estimate.
+    All are unbiased. For a matrix $A$ (the Jacobian, or a Hessian), the variance
+    of one probe's term $v^\\top A v$ is
+    $\\|A\\|_F^2 + \\operatorname{tr}(A^2) - 2\\sum_i A_{ii}^2$ for Rademacher
+    probes and $\\|A\\|_F^2 + \\operatorname{tr}(A^2)$ for Gaussian probes
+    (for symmetric $A$: $2(\\|A\\|_F^2 - \\sum_i A_{ii}^2)$ and
+    $2\\|A\\|_F^2$); the estimate's variance is that divided by $K$. The cost
+    is one collapsed Taylor pass with $K$ directions, linear in $K$ and
+    independent of $d$ beyond the first layer. Each sample of a batch gets its
+    own probes; other quantities (value, time derivative, Jacobian) stay exact.
+
+    The operator then needs a key: `Laplacian(f, method=Hutchinson(16))(x, t,
+    key=key)`.
+
+    **Arguments:**
+
+    - `num_probes`: the number of probes $K$.
+    - `probe`: `"rademacher"` (entries $\\pm 1$, lower variance) or `"gaussian"`.
+    - `chunk_size`: propagate at most this many probes at a time.
+    """
+
+    num_probes: int = eqx.field(default=16, static=True)
+    probe: Literal["rademacher", "gaussian"] = eqx.field(
+        default="rademacher", static=True
+    )
+    chunk_size: int | None = eqx.field(default=None, static=True)
+    stochastic: ClassVar[bool] = True
+
+    def __check_init__(self):
+        _check_count(self.num_probes, "num_probes")
+        _check_chunk(self.chunk_size)
+        if self.probe not in ("rademacher", "gaussian"):
+            raise ValueError(
+                "`probe` must be 'rademacher' or 'gaussian'; got "
+                f"{self.probe!r}."
+            )
+
+    def directions(self, d, dtype, key):
+        shape = (self.num_probes, d)
+        if self.probe == "rademacher":
+            V = jax.random.rademacher(key, shape, dtype=dtype)
+        else:
+            V = jax.random.normal(key, shape, dtype=dtype)
+        return V, jnp.full((self.num_probes,), 1 / self.num_probes, dtype), False
+
+    def jet(self, fn, x, t, tx, tt, w, second):
+        return taylor_jet(fn, x, t, tx, tt, w, second)
+
+
+class SparseSampling(AbstractJetMethod):
+    """Sparse sampling of input dimensions (as in stochastic Taylor derivative
+    estimators, STDE): $K$ coordinates $i_k$ drawn uniformly with replacement,
+
+    $$\\Delta f \\approx \\frac{d}{K}\\sum_k \\partial^2_{i_k i_k} f, \\qquad
+    \\nabla\\cdot f \\approx \\frac{d}{K}\\sum_k \\partial_{i_k} f_{i_k}.$$
+
+    Unbiased; one term has variance $d\\sum_i a_i^2 - (\\sum_i a_i)^2$ where
+    $a_i$ are the diagonal entries, so it is exact when they are all equal and
+    the estimate's variance is that divided by $K$. Cost linear in $K$.
+
+    **Arguments:**
+
+    - `num_samples`: the number of sampled dimensions $K$.
+    - `chunk_size`: propagate at most this many directions at a time.
+    """
+
+    num_samples: int = eqx.field(default=16, static=True)
+    chunk_size: int | None = eqx.field(default=None, static=True)
+    stochastic: ClassVar[bool] = True
+
+    def __check_init__(self):
+        _check_count(self.num_samples, "num_samples")
+        _check_chunk(self.chunk_size)
+
+    def directions(self, d, dtype, key):
+        idx = jax.random.randint(key, (self.num_samples,), 0, d)
+        V = jax.nn.one_hot(idx, d, dtype=dtype)
+        return V, jnp.full((self.num_samples,), d / self.num_samples, dtype), False
+
+    def jet(self, fn, x, t, tx, tt, w, second):
+        return taylor_jet(fn, x, t, tx, tt, w, second)
