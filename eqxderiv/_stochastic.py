@@ -11,6 +11,20 @@ from ._method import AbstractJetMethod
 from ._taylor_method import taylor_jet
 
 
+def _rademacher(key, shape, dtype):
+    """Uniform random signs, 32 per random word.
+
+    Counter-based PRNGs cost about as much per word as per float, so drawing one
+    bit per entry (instead of one uniform per entry, as a Bernoulli draw does) cuts
+    the probe generation cost, which dominates at large `d`, by 32x.
+    """
+    k, d = shape
+    words = jax.random.bits(key, (k, -(-d // 32)), dtype=jnp.uint32)
+    bits = (words[:, :, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+    bits = bits.reshape(k, -1)[:, :d]
+    return (2 * bits.astype(dtype) - 1).astype(dtype)
+
+
 def _check_count(value, name):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
@@ -69,7 +83,7 @@ class Hutchinson(AbstractJetMethod):
     def directions(self, d, dtype, key):
         shape = (self.num_probes, d)
         if self.probe == "rademacher":
-            V = jax.random.rademacher(key, shape, dtype=dtype)
+            V = _rademacher(key, shape, dtype)
         else:
             V = jax.random.normal(key, shape, dtype=dtype)
         return V, jnp.full((self.num_probes,), 1 / self.num_probes, dtype), False

@@ -1,0 +1,427 @@
+"""Speed benchmark: eqxderiv against the usual nested-autodiff recipes and folx.
+
+Every contender is measured side by side in this one process, on the network of
+the question eqxderiv was built for: a tanh MLP over `concatenate(x, t)` with
+output dimension `d`, batched with `vmap`. For each quantity it reports the
+median run time over several runs (runs of the contenders interleaved, so that
+machine noise hits them alike), the compile time (trace + lower + compile), and
+the peak memory of the compiled program as XLA accounts it (arguments + outputs +
+temporaries, from `compiled.memory_analysis()`), and ratios against the anchors.
+
+    pip install -e ".[bench]"
+    python benchmarks/run.py                 # full run, writes docs/benchmarks/
+    python benchmarks/run.py --quick         # a small smoke run (used by CI)
+
+The table is written to `<out>/<tag>.md` and the plot (time against d, log-log)
+to `<out>/<tag>.png`; `--tag gpu` on a GPU machine writes a second table beside
+the CPU one.
+"""
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from tqdm import tqdm
+
+import eqxderiv as ed
+
+
+try:
+    import folx
+except ImportError:  # pragma: no cover - folx is an optional comparison
+    folx = None
+
+
+@dataclasses.dataclass
+class Result:
+    quantity: str
+    name: str
+    d: int
+    model: str
+    run_ms: float | None = None
+    compile_s: float | None = None
+    memory_mb: float | None = None
+    note: str = ""
+
+
+def make_net(d, width, depth, key):
+    return ed.SpaceTimeMLP(d, d, width, depth, key=key)
+
+
+def recipes(net, d):
+    """Every contender, as a function of batched `(x, t)`; keys: quantity -> name."""
+
+    def single(x, t):
+        return net(x, t)
+
+    vj = jax.vmap(jax.jacobian(single), in_axes=(0, 0))
+
+    def seed_jacobian(x, t):
+        return vj(x, t)
+
+    def seed_dt(x, t):
+        return jax.vmap(jax.jacobian(single, argnums=1))(x, t).reshape(x.shape)
+
+    def seed_div(x, t):
+        return jnp.trace(vj(x, t), axis1=-2, axis2=-1)
+
+    def seed_graddiv(x, t):
+        div = lambda x_, t_: jnp.trace(jax.jacobian(single)(x_, t_))
+        return jax.vmap(jax.jacobian(div))(x, t)
+
+    def hessian_laplacian(x, t):
+        h = jax.vmap(jax.hessian(single))(x, t)
+        return jnp.trace(h, axis1=-2, axis2=-1)
+
+    def folx_laplacian(x, t):
+        assert folx is not None
+        fl = jax.vmap(
+            lambda x_, t_: (
+                folx.forward_laplacian(lambda y: single(y, t_), sparsity_threshold=0)(
+                    x_
+                ).laplacian
+            )
+        )
+        return fl(x, t)
+
+    nu = 0.1
+    residual = ed.TimeDerivative(net) - nu * ed.Laplacian(net) + ed.GradDiv(net)
+    dt_op, lap_op, gd_op = ed.TimeDerivative(net), ed.Laplacian(net), ed.GradDiv(net)
+
+    def separate_residual(x, t):
+        return dt_op(x, t) - nu * lap_op(x, t) + gd_op(x, t)
+
+    def seed_residual(x, t):
+        return seed_dt(x, t) - nu * hessian_laplacian(x, t) + seed_graddiv(x, t)
+
+    out = {
+        "jacobian": {
+            "eqxderiv": lambda x, t: ed.Jacobian(net)(x, t),
+            "seed vmap(jacobian)": seed_jacobian,
+        },
+        "time derivative": {
+            "eqxderiv": lambda x, t: ed.TimeDerivative(net)(x, t),
+            "seed vmap(jacobian(argnums=t))": seed_dt,
+        },
+        "divergence": {
+            "eqxderiv": lambda x, t: ed.Divergence(net)(x, t),
+            "seed trace(vmap(jacobian))": seed_div,
+        },
+        "laplacian": {
+            "eqxderiv": lambda x, t: ed.Laplacian(net)(x, t),
+            "trace(jax.hessian)": hessian_laplacian,
+        },
+        "grad-div": {
+            "eqxderiv": lambda x, t: ed.GradDiv(net)(x, t),
+            "seed vmap(jacobian(trace(jacobian)))": seed_graddiv,
+        },
+        "residual dt - 0.1 lap + graddiv": {
+            "eqxderiv fused": lambda x, t: residual(x, t),
+            "eqxderiv separate": separate_residual,
+            "seed recipes": seed_residual,
+        },
+    }
+    if folx is not None:
+        out["laplacian"]["folx forward_laplacian"] = folx_laplacian
+    return out
+
+
+def stochastic_recipes(net, probes):
+    lap = ed.Laplacian(net, method=ed.Hutchinson(probes))
+    sparse = ed.Laplacian(net, method=ed.SparseSampling(probes))
+    div = ed.Divergence(net, method=ed.Hutchinson(probes))
+    key = jax.random.key(0)
+    return {
+        "stochastic laplacian": {
+            f"Hutchinson({probes})": lambda x, t: lap(x, t, key=key),
+            f"SparseSampling({probes})": lambda x, t: sparse(x, t, key=key),
+        },
+        "stochastic divergence": {
+            f"Hutchinson({probes})": lambda x, t: div(x, t, key=key),
+        },
+    }
+
+
+def compile_fn(fn: Callable, x, t):
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(x, t).compile()
+    compile_s = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    memory = None
+    if mem is not None:
+        memory = (
+            mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes
+        ) / 2**20
+    return compiled, compile_s, memory
+
+
+def run_group(quantity, fns, x, t, d, model, repeats, memory_limit_mb, progress):
+    """Compiles each contender, then times them interleaved."""
+    results, compiled = {}, {}
+    for name, fn in fns.items():
+        r = Result(quantity, name, d, model)
+        results[name] = r
+        try:
+            c, r.compile_s, r.memory_mb = compile_fn(fn, x, t)
+        except Exception as e:  # noqa: BLE001 - a failing contender is reported
+            r.note = f"failed to compile: {type(e).__name__}"
+            continue
+        if r.memory_mb is not None and r.memory_mb > memory_limit_mb:
+            r.note = f"out of memory (needs {r.memory_mb / 1024:.1f} GiB)"
+            continue
+        try:
+            jax.block_until_ready(c(x, t))  # warm-up
+        except Exception as e:  # noqa: BLE001
+            r.note = f"failed to run: {type(e).__name__}"
+            continue
+        compiled[name] = c
+    times = {name: [] for name in compiled}
+    for _ in range(repeats):
+        for name, c in compiled.items():
+            start = time.perf_counter()
+            jax.block_until_ready(c(x, t))
+            times[name].append(time.perf_counter() - start)
+        progress.update(1)
+    for name, ts in times.items():
+        results[name].run_ms = 1e3 * statistics.median(ts)
+    return list(results.values())
+
+
+def fmt(v, spec):
+    return "—" if v is None else format(v, spec)
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| model | d | quantity | method | median run (ms) | × anchor | "
+        "compile (s) | × anchor compile | memory (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.model, r.d, r.quantity), []).append(r)
+    for (model, d, quantity), rs in groups.items():
+        anchor = rs[-1]  # the last contender of each group is its anchor
+        for r in rs:
+            ratio = (
+                r.run_ms / anchor.run_ms
+                if r.run_ms is not None and anchor.run_ms
+                else None
+            )
+            cratio = (
+                r.compile_s / anchor.compile_s
+                if r.compile_s is not None and anchor.compile_s
+                else None
+            )
+            run = fmt(r.run_ms, ".3g") if not r.note else r.note
+            lines.append(
+                f"| {model} | {d} | {quantity} | {r.name} | {run} | "
+                f"{fmt(ratio, '.2f')} | {fmt(r.compile_s, '.2f')} | "
+                f"{fmt(cratio, '.2f')} | {fmt(r.memory_mb, '.3g')} |"
+            )
+    return "\n".join(lines)
+
+
+def find(results, model, d, quantity, name):
+    for r in results:
+        if (r.model, r.d, r.quantity, r.name) == (model, d, quantity, name):
+            return r
+    return None
+
+
+def bars(results, model, d):
+    """The issue's bars at d = 32, checked on this run's own numbers."""
+    checks = []
+
+    def ratio(q, a, b, attr="run_ms"):
+        ra, rb = find(results, model, d, q, a), find(results, model, d, q, b)
+        if ra is None or rb is None:
+            return None
+        va, vb = getattr(ra, attr), getattr(rb, attr)
+        return None if va is None or vb is None else va / vb
+
+    res = "residual dt - 0.1 lap + graddiv"
+    spec = [
+        ("laplacian", "eqxderiv", "folx forward_laplacian", "run_ms", 1.0),
+        ("laplacian", "eqxderiv", "trace(jax.hessian)", "run_ms", 0.05),
+        ("grad-div", "eqxderiv", "seed vmap(jacobian(trace(jacobian)))", "run_ms", 0.5),
+        ("divergence", "eqxderiv", "seed trace(vmap(jacobian))", "run_ms", 0.95),
+        (res, "eqxderiv fused", "eqxderiv separate", "run_ms", 0.85),
+        (res, "eqxderiv fused", "seed recipes", "run_ms", 0.15),
+        ("jacobian", "eqxderiv", "seed vmap(jacobian)", "compile_s", 2.0),
+        (
+            "time derivative",
+            "eqxderiv",
+            "seed vmap(jacobian(argnums=t))",
+            "compile_s",
+            2.0,
+        ),
+        ("divergence", "eqxderiv", "seed trace(vmap(jacobian))", "compile_s", 2.0),
+        ("laplacian", "eqxderiv", "trace(jax.hessian)", "compile_s", 2.0),
+        (
+            "grad-div",
+            "eqxderiv",
+            "seed vmap(jacobian(trace(jacobian)))",
+            "compile_s",
+            2.0,
+        ),
+        (res, "eqxderiv fused", "seed recipes", "compile_s", 2.0),
+    ]
+    for q, a, b, attr, bar in spec:
+        r = ratio(q, a, b, attr)
+        what = "time" if attr == "run_ms" else "compile time"
+        status = "n/a" if r is None else ("PASS" if r <= bar else "FAIL")
+        checks.append(
+            f"| {q} | {a} / {b} ({what}) | {fmt(r, '.3f')} | ≤ {bar} | {status} |"
+        )
+    head = (
+        f"| quantity | ratio (d = {d}, {model}) | measured | bar | |\n"
+        "|---|---|---|---|---|"
+    )
+    return head + "\n" + "\n".join(checks)
+
+
+def plot(results, path, model):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quantities = ["laplacian", "grad-div", "divergence"]
+    fig, axes = plt.subplots(1, len(quantities), figsize=(5 * len(quantities), 4))
+    for ax, q in zip(axes, quantities):
+        names = []
+        for r in results:
+            if r.quantity == q and r.model == model and r.name not in names:
+                names.append(r.name)
+        for name in names:
+            pts = sorted(
+                (r.d, r.run_ms)
+                for r in results
+                if r.quantity == q
+                and r.model == model
+                and r.name == name
+                and r.run_ms is not None
+            )
+            if pts:
+                ax.loglog(*zip(*pts), marker="o", label=name)
+        ax.set_xlabel("d")
+        ax.set_ylabel("median run time (ms)")
+        ax.set_title(q)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{model}: time against d (log-log)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ds", type=int, nargs="+", default=[3, 32, 128, 512])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument(
+        "--stochastic-ds", type=int, nargs="*", default=[1_000, 10_000, 100_000]
+    )
+    p.add_argument("--probes", type=int, default=16)
+    p.add_argument("--out", default="docs/benchmarks")
+    p.add_argument("--tag", default="cpu")
+    p.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=16.0,
+        help="skip contenders whose compiled program needs more memory than this",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="a small, fast smoke run (for CI)"
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.ds, args.batch, args.width, args.repeats = [3, 8], 16, 16, 3
+        args.stochastic_ds = [2_000]
+        args.out = os.path.join("benchmarks", "out")
+    os.makedirs(args.out, exist_ok=True)
+
+    models = [("seed net", args.width, args.depth)]
+    deep = ("deeper/wider net (4 × 256)", 256, 4)
+    key = jax.random.key(0)
+    plan = [(m, d) for m in models for d in args.ds]
+    if not args.quick:
+        plan.append((deep, 32))
+    groups = sum(len(recipes(make_net(3, 4, 1, key), 3)) for _ in plan)
+    groups += 2 * len(args.stochastic_ds)
+    progress = tqdm(total=groups * args.repeats, desc="benchmark", unit="run")
+    limit_mb = args.memory_limit_gb * 1024
+    results: list[Result] = []
+    for (model, width, depth), d in plan:
+        kx, kt, kn = jax.random.split(jax.random.fold_in(key, d), 3)
+        net = make_net(d, width, depth, kn)
+        x = jax.random.normal(kx, (args.batch, d))
+        t = jax.random.uniform(kt, (args.batch, 1))
+        for quantity, fns in recipes(net, d).items():
+            progress.set_postfix_str(f"{model} d={d} {quantity}")
+            results += run_group(
+                quantity, fns, x, t, d, model, args.repeats, limit_mb, progress
+            )
+    for d in args.stochastic_ds:
+        kx, kt, kn = jax.random.split(jax.random.fold_in(key, d), 3)
+        net = make_net(d, args.width, args.depth, kn)
+        x = jax.random.normal(kx, (args.batch, d))
+        t = jax.random.uniform(kt, (args.batch, 1))
+        for quantity, fns in stochastic_recipes(net, args.probes).items():
+            progress.set_postfix_str(f"stochastic d={d} {quantity}")
+            results += run_group(
+                quantity, fns, x, t, d, "seed net", args.repeats, limit_mb, progress
+            )
+    progress.close()
+
+    device = jax.devices()[0]
+    header = (
+        f"Measured with `python benchmarks/run.py{' --quick' if args.quick else ''}` "
+        f"on {device.platform.upper()} ({device.device_kind}; "
+        f"{os.cpu_count()} cores, {platform.machine()}), jax {jax.__version__}, "
+        f"float32, batch {args.batch}, seed net = tanh MLP over concat(x, t), "
+        f"{args.depth} hidden layers of {args.width}, output d. Median of "
+        f"{args.repeats} interleaved runs; memory is the compiled program's "
+        "arguments + outputs + temporaries. In each group the last row is the "
+        "anchor of the ratios."
+    )
+    bar_d = 32 if 32 in args.ds else args.ds[-1]
+    text = "\n\n".join(
+        [
+            header,
+            "### Bars\n\n" + bars(results, "seed net", bar_d),
+            "### All results\n\n" + table(results),
+            f"![time against d](./{args.tag}.png)",
+        ]
+    )
+    md = os.path.join(args.out, f"{args.tag}.md")
+    with open(md, "w") as f:
+        f.write(text + "\n")
+    plot(results, os.path.join(args.out, f"{args.tag}.png"), "seed net")
+    print(text)
+    print(f"\nwrote {md} and {args.tag}.png", file=sys.stderr)
+    # Anchors may run out of memory; eqxderiv's own contenders must not fail.
+    ours = ("eqxderiv", "Hutchinson", "SparseSampling")
+    eqx_failed = [r for r in results if r.run_ms is None and r.name.startswith(ours)]
+    if eqx_failed:
+        print(f"eqxderiv contenders failed: {eqx_failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
