@@ -64,7 +64,9 @@ class Advection(AbstractDerivative):
     anyway, in which case it is reused).
 
     ```python
-    burgers = eqxderiv.TimeDerivative(u) + eqxderiv.Advection(u) - nu * eqxderiv.Laplacian(u)
+    from eqxderiv import Advection, Laplacian, TimeDerivative
+
+    burgers = TimeDerivative(u) + Advection(u) - nu * Laplacian(u)
     ```
 
     **Arguments:**

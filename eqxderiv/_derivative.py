@@ -58,9 +58,7 @@ class AbstractDerivative(AbstractOperator):
 
     @classmethod
     @abc.abstractmethod
-    def result_shape(
-        cls, out: tuple[int, ...], d: int, has_t: bool
-    ) -> tuple[int, ...]:
+    def result_shape(cls, out: tuple[int, ...], d: int, has_t: bool) -> tuple[int, ...]:
         """The per-sample result shape, or a `ValueError` for an unsuitable field."""
 
     @classmethod
@@ -107,9 +105,7 @@ class _Fused(AbstractOperator):
         d = x.shape[-1]
         shapes = [k.result_shape(out.shape, d, t is not None) for k in self.kinds]
         if any(s != shapes[0] for s in shapes):
-            desc = ", ".join(
-                f"{k.__name__}: {s}" for k, s in zip(self.kinds, shapes)
-            )
+            desc = ", ".join(f"{k.__name__}: {s}" for k, s in zip(self.kinds, shapes))
             raise ValueError(
                 f"Cannot add operator results of different per-sample shapes "
                 f"({desc}); nothing is broadcast."

@@ -1,7 +1,6 @@
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 from jaxtyping import Array, PRNGKeyArray
 
 from ._custom_types import Field, SpaceLike, TimeLike
@@ -36,7 +35,8 @@ def derivatives(
     ```python
     f, df_dt, df_dx, grad_div = eqxderiv.derivatives(net, x, t)
     # x: (b, d), t: (b, 1) -> (b, d), (b, d), (b, d, d), (b, d)
-    lap, div = eqxderiv.derivatives(net, x, t, (eqxderiv.Laplacian, eqxderiv.Divergence))
+    ops = (eqxderiv.Laplacian, eqxderiv.Divergence)
+    lap, div = eqxderiv.derivatives(net, x, t, ops)
     ```
 
     **Arguments:**

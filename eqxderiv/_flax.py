@@ -14,7 +14,9 @@ class FlaxField(eqx.Module):
     variables: PyTree[Array]
 
     def __call__(
-        self, x: Float[Array, " d"], t: Float[Array, ""] | Float[Array, "1"] | None = None
+        self,
+        x: Float[Array, " d"],
+        t: Float[Array, ""] | Float[Array, "1"] | None = None,
     ) -> Float[Array, "..."]:
         if t is None:
             return self.module.apply(self.variables, x)

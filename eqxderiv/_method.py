@@ -90,9 +90,7 @@ class AbstractJetMethod(AbstractMethod):
     chunk_size: eqx.AbstractVar[int | None]
 
     @abc.abstractmethod
-    def directions(
-        self, d: int, dtype: Any, key: Any
-    ) -> tuple[Array, Array, bool]:
+    def directions(self, d: int, dtype: Any, key: Any) -> tuple[Array, Array, bool]:
         """Returns `(V, w, exact)`: directions `(K, d)`, weights `(K,)`, and
         whether `V` is the identity (so that tangents give the Jacobian)."""
 

@@ -49,9 +49,7 @@ def as_float_array(value: Any, name: str) -> jax.Array:
     return jnp.asarray(value)
 
 
-def check_inputs(
-    x: Any, t: Any
-) -> tuple[jax.Array, jax.Array | None, tuple[int, ...]]:
+def check_inputs(x: Any, t: Any) -> tuple[jax.Array, jax.Array | None, tuple[int, ...]]:
     """Validates `x` of shape `(*batch, d)` and `t` of shape `(*batch,)` or
     `(*batch, 1)`. Returns the arrays and the batch shape.
     """
@@ -76,8 +74,7 @@ def check_inputs(
     if t.dtype != x.dtype:
         # Mixed precision would silently promote one side; ask for consistency.
         raise TypeError(
-            f"`x` and `t` must have the same dtype; got x: {x.dtype}, "
-            f"t: {t.dtype}."
+            f"`x` and `t` must have the same dtype; got x: {x.dtype}, t: {t.dtype}."
         )
     return x, t, batch
 
@@ -105,7 +102,7 @@ def call_field(field: Callable[..., Any], x: Any, t: Any, key: Any = None) -> An
 
 
 def field_output(
-    field: Callable[..., Any], x: jax.ShapeDtypeStruct, t: Any, name: str = "field"
+    field: Callable[..., Any], x: Any, t: Any, name: str = "field"
 ) -> jax.ShapeDtypeStruct:
     """The shape and dtype of `field`'s output on one sample, without computing it."""
     from ._operator import AbstractOperator

@@ -68,7 +68,9 @@ class SpaceTimeMLP(eqx.Module):
         self.time = time
 
     def __call__(
-        self, x: Float[Array, " d"], t: Float[Array, ""] | Float[Array, "1"] | None = None
+        self,
+        x: Float[Array, " d"],
+        t: Float[Array, ""] | Float[Array, "1"] | None = None,
     ) -> Float[Array, "..."]:
         if x.shape != (self.in_size,):
             raise ValueError(

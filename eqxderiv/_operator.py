@@ -43,6 +43,31 @@ class AbstractOperator(eqx.Module):
         """Whether evaluating this operator needs a PRNG key."""
 
     @abc.abstractmethod
+    def __call__(
+        self,
+        x: SpaceLike,
+        t: TimeLike | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+        chunk_size: int | None = None,
+    ) -> Array:
+        """Evaluates the operator on a batch.
+
+        **Arguments:**
+
+        - `x`: points of shape `(*batch, d)`.
+        - `t`: times of shape `(*batch,)` or `(*batch, 1)`, or `None` for fields
+            of `x` alone.
+        - `key`: a PRNG key, needed by stochastic methods (each sample gets its
+            own subkey).
+        - `chunk_size`: evaluate the batch this many samples at a time
+            (`jax.lax.map`), to bound memory; `None` vectorises over the whole
+            batch.
+
+        **Returns:** the result, of shape `(*batch, *result)`.
+        """
+
+    @abc.abstractmethod
     def _out_struct(self, x: jax.ShapeDtypeStruct, t: Any) -> jax.ShapeDtypeStruct:
         """Validates the wrapped fields on one sample; returns the result's struct."""
 

@@ -76,8 +76,7 @@ class Hutchinson(AbstractJetMethod):
         _check_chunk(self.chunk_size)
         if self.probe not in ("rademacher", "gaussian"):
             raise ValueError(
-                "`probe` must be 'rademacher' or 'gaussian'; got "
-                f"{self.probe!r}."
+                f"`probe` must be 'rademacher' or 'gaussian'; got {self.probe!r}."
             )
 
     def directions(self, d, dtype, key):
