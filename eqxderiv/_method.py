@@ -172,8 +172,9 @@ class AbstractJetMethod(AbstractMethod):
                 Tx = T[: V.shape[0]]
                 if want_dt:
                     out["dt"] = T[-1]
-                if stochastic_q:
-                    # sum_k w_k v_k . (J v_k): the trace for V = I, w = 1.
+                if needs & {"divergence", "graddiv"}:
+                    # sum_k w_k v_k . (J v_k): the trace for V = I, w = 1. Only
+                    # when asked for: it needs m = d, which a Laplacian does not.
                     out["divergence"] = jnp.einsum("k,kd,kd->", w, V, Tx)
                 if exact:
                     out["jacobian"] = Tx.T
@@ -242,6 +243,16 @@ class Forward(AbstractJetMethod):
 
     chunk_size: int | None = eqx.field(default=None, static=True)
     stochastic: ClassVar[bool] = False
+
+    def __check_init__(self):
+        if self.chunk_size is not None and (
+            isinstance(self.chunk_size, bool)
+            or not isinstance(self.chunk_size, int)
+            or self.chunk_size < 1
+        ):
+            raise ValueError(
+                f"`chunk_size` must be a positive int or None; got {self.chunk_size!r}."
+            )
 
     def directions(self, d, dtype, key):
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
