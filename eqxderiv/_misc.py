@@ -63,6 +63,7 @@ def check_inputs(x: Any, t: Any) -> tuple[jax.Array, jax.Array | None, tuple[int
     batch = tuple(x.shape[:-1])
     if t is None:
         return x, None, batch
+    t_is_python_float = isinstance(t, float)
     t = as_float_array(t, "t")
     if tuple(t.shape) not in (batch, batch + (1,)):
         raise ValueError(
@@ -71,12 +72,27 @@ def check_inputs(x: Any, t: Any) -> tuple[jax.Array, jax.Array | None, tuple[int
             f"shape {tuple(t.shape)}. Times are never broadcast: give one time "
             f"per point."
         )
+    if t_is_python_float:
+        # A Python float has no dtype of its own: it takes that of `x`.
+        t = t.astype(x.dtype)
     if t.dtype != x.dtype:
         # Mixed precision would silently promote one side; ask for consistency.
         raise TypeError(
             f"`x` and `t` must have the same dtype; got x: {x.dtype}, t: {t.dtype}."
         )
     return x, t, batch
+
+
+def check_chunk_size(chunk_size: Any) -> None:
+    """Validates the `chunk_size=` call argument: a positive int or `None`."""
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or chunk_size < 1
+    ):
+        raise ValueError(
+            f"`chunk_size` must be a positive int or None; got {chunk_size!r}."
+        )
 
 
 def check_field(field: Any, name: str = "field") -> None:
@@ -143,6 +159,24 @@ def sample_struct(a: jax.Array | None, batch: tuple[int, ...]) -> Any:
     return jax.ShapeDtypeStruct(a.shape[len(batch) :], a.dtype)
 
 
+def _keys_like_batch(keys: Any, x: jax.Array, nb: int) -> Any:
+    """Shards per-sample keys like the batch axes of `x` on a mesh with explicit
+    axes, where `vmap` requires its mapped inputs to be sharded alike. Elsewhere
+    (one device, or automatic sharding) the keys are returned unchanged."""
+    try:
+        sharding = jax.typeof(x).sharding
+        spec = tuple(sharding.spec)
+    except Exception:  # pragma: no cover - older JAX without explicit sharding
+        return keys
+    batch_spec = (spec + (None,) * nb)[:nb]
+    if all(s is None for s in batch_spec):
+        return keys
+    target = jax.sharding.NamedSharding(
+        sharding.mesh, jax.sharding.PartitionSpec(*batch_spec)
+    )
+    return jax.sharding.reshard(keys, target)
+
+
 def map_batch(
     fn: Callable[[Any, Any, Any], Any],
     x: jax.Array,
@@ -152,17 +186,44 @@ def map_batch(
     chunk_size: int | None,
 ) -> Any:
     """Applies the per-sample `fn(x, t, key)` over every leading batch axis; `fn`
-    returns an array or a tuple of arrays."""
+    returns an array or a tuple of arrays.
+
+    Without chunking this is one `vmap` per batch axis, so a batch sharded over
+    devices (along any of its axes) stays sharded. With chunking, the chunks are
+    *strided* (sample `i` goes to chunk `i % num_chunks`), so that each chunk
+    holds samples from every device and a sharded batch is never gathered.
+    """
     if batch == ():
         return fn(x, t, key)
-    n = math.prod(batch)
-    xs = x.reshape((n,) + x.shape[len(batch) :])
-    ts = None if t is None else t.reshape((n,) + t.shape[len(batch) :])
-    keys = None if key is None else jax.random.split(key, n)
+    nb = len(batch)
+    keys = None
+    if key is not None:
+        keys = _keys_like_batch(jax.random.split(key, batch), x, nb)
     if chunk_size is None:
-        out = jax.vmap(fn)(xs, ts, keys)
-    else:
-        out = jax.lax.map(
-            lambda args: fn(*args), (xs, ts, keys), batch_size=min(chunk_size, n)
-        )
-    return jax.tree.map(lambda o: o.reshape(batch + o.shape[1:]), out)
+        f = fn
+        for _ in batch:
+            f = jax.vmap(f)
+        return f(x, t, keys)
+    n = math.prod(batch)
+    size = min(chunk_size, n)
+    num = -(-n // size)
+    pad = num * size - n
+
+    def strided(a):
+        if a is None:
+            return None
+        a = a.reshape((n,) + a.shape[nb:])
+        if pad:
+            # Padding repeats a real sample, so the padded rows stay finite.
+            a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)])
+        return jnp.swapaxes(a.reshape((size, num) + a.shape[1:]), 0, 1)
+
+    out = jax.lax.map(
+        lambda args: jax.vmap(fn)(*args), (strided(x), strided(t), strided(keys))
+    )
+
+    def unstrided(o):
+        o = jnp.swapaxes(o, 0, 1).reshape((num * size,) + o.shape[2:])[:n]
+        return o.reshape(batch + o.shape[1:])
+
+    return jax.tree.map(unstrided, out)
