@@ -104,14 +104,18 @@ class AbstractJetMethod(AbstractMethod):
         tt: Array | None,
         w: Array,
         second: bool,
-    ) -> tuple[Array, Array, Array | None]:
-        """Returns `(value (m,), tangents (K, m), second (m,) or None)`."""
+        contract: Array | None,
+    ) -> tuple[Array, Array, Array | None, Array | None]:
+        """Returns `(value (m,), tangents (K, m), second (m,) or None,
+        contraction () or None)`: the contraction is
+        `sum_k w_k <contract[k], tangents[k]>` when `contract` (`(K, m)`) is
+        given, which gives the divergence for `contract = V`."""
 
-    def _chunked_jet(self, fn, x, t, tx, tt, w, second):
+    def _chunked_jet(self, fn, x, t, tx, tt, w, second, contract):
         k = tx.shape[0]
         c = self.chunk_size
         if c is None or k <= c:
-            return self.jet(fn, x, t, tx, tt, w, second)
+            return self.jet(fn, x, t, tx, tt, w, second, contract)
         # Bounded memory: propagate `c` directions at a time. Padding rows have
         # zero tangents and zero weight, so they add nothing.
         n = -(-k // c)
@@ -121,16 +125,22 @@ class AbstractJetMethod(AbstractMethod):
             a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
             return a.reshape((n, c) + a.shape[1:])
 
-        args = (padded(tx), None if tt is None else padded(tt), padded(w))
+        args = (
+            padded(tx),
+            None if tt is None else padded(tt),
+            padded(w),
+            None if contract is None else padded(contract),
+        )
 
         def one(a):
-            cx, ct, cw = a
-            return self.jet(fn, x, t, cx, ct, cw, second)
+            cx, ct, cw, cc = a
+            return self.jet(fn, x, t, cx, ct, cw, second, cc)
 
-        values, tangents, seconds = jax.lax.map(one, args)
+        values, tangents, seconds, contracted = jax.lax.map(one, args)
         tangents = tangents.reshape((n * c,) + tangents.shape[2:])[:k]
         s = None if seconds is None else jnp.sum(seconds, axis=0)
-        return values[0], tangents, s
+        con = None if contracted is None else jnp.sum(contracted, axis=0)
+        return values[0], tangents, s, con
 
     def compute(self, fn, x, t, needs, key):
         d = x.shape[0]
@@ -167,15 +177,20 @@ class AbstractJetMethod(AbstractMethod):
                     tx, tt, ww = V, None, w
                 if t is None:
                     tt = None
-                value, T, S = self._chunked_jet(fn, x_, t, tx, tt, ww, second)
+                # sum_k w_k v_k . (J v_k): the trace for V = I, w = 1. Only when
+                # asked for: it needs m = d, which a Laplacian does not.
+                div = bool(needs & {"divergence", "graddiv"})
+                contract = tx if div else None
+                value, T, S, c = self._chunked_jet(
+                    fn, x_, t, tx, tt, ww, second, contract
+                )
                 out = {"value": value}
                 Tx = T[: V.shape[0]]
                 if want_dt:
                     out["dt"] = T[-1]
-                if needs & {"divergence", "graddiv"}:
-                    # sum_k w_k v_k . (J v_k): the trace for V = I, w = 1. Only
-                    # when asked for: it needs m = d, which a Laplacian does not.
-                    out["divergence"] = jnp.einsum("k,kd,kd->", w, V, Tx)
+                if div:
+                    assert c is not None
+                    out["divergence"] = c
                 if exact:
                     out["jacobian"] = Tx.T
                 if S is not None:
@@ -206,7 +221,7 @@ class AbstractJetMethod(AbstractMethod):
         return q
 
 
-def _forward_jet(fn, x, t, tx, tt, w, second):
+def _forward_jet(fn, x, t, tx, tt, w, second, contract):
     """Nested forward mode: one JVP (or JVP-of-JVP) per direction, vectorised."""
 
     def one(vx, vt):
@@ -223,7 +238,9 @@ def _forward_jet(fn, x, t, tx, tt, w, second):
         return y, dy, d2y
 
     y, dy, d2y = jax.vmap(one)(tx, tx if tt is None else tt)
-    return y[0], dy, (jnp.tensordot(w, d2y, axes=1) if second else None)
+    s = jnp.tensordot(w, d2y, axes=1) if second else None
+    c = None if contract is None else jnp.einsum("k,km,km->", w, contract, dy)
+    return y[0], dy, s, c
 
 
 class Forward(AbstractJetMethod):
@@ -257,8 +274,8 @@ class Forward(AbstractJetMethod):
     def directions(self, d, dtype, key):
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
 
-    def jet(self, fn, x, t, tx, tt, w, second):
-        return _forward_jet(fn, x, t, tx, tt, w, second)
+    def jet(self, fn, x, t, tx, tt, w, second, contract):
+        return _forward_jet(fn, x, t, tx, tt, w, second, contract)
 
 
 class Nested(AbstractMethod):

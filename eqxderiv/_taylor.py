@@ -742,9 +742,13 @@ def _lookup(prim: core.Primitive) -> Rule:
 
 
 def _eval_jaxpr(
-    ctx: _Ctx, jaxpr: core.Jaxpr, consts: Sequence[Any], args: Sequence[_Jet]
+    ctx: _Ctx,
+    jaxpr: core.Jaxpr,
+    consts: Sequence[Any],
+    args: Sequence[_Jet],
+    env: dict[core.Var, _Jet] | None = None,
 ) -> list[_Jet]:
-    env: dict[core.Var, _Jet] = {}
+    env = {} if env is None else env
 
     def read(v: Any) -> _Jet:
         return _Jet(v.val, None, None) if isinstance(v, core.Literal) else env[v]
@@ -763,12 +767,73 @@ def _eval_jaxpr(
     return [read(v) for v in jaxpr.outvars]
 
 
+# Ops through which the output can depend linearly on one tangent-carrying operand.
+_TAIL_UNARY = {"reshape", "convert_element_type", "copy", "squeeze", "transpose"}
+
+
+def _linear_tail(
+    jaxpr: core.Jaxpr, env: dict[core.Var, _Jet]
+) -> tuple[Any, Callable[[Array], Array]] | None:
+    """The output as `L(mid)`, for the longest trailing chain of equations that is
+    affine in one tangent-carrying variable `mid` (a network's last linear layer:
+    `dot_general` with a constant weight, a bias `add`, reshapes).
+
+    Returns `(mid, L)` with `L` the *linear* part of the chain, or `None` when the
+    output is not produced that way.
+    """
+    producer = {v: e for e in jaxpr.eqns for v in e.outvars}
+
+    def tangent(v: Any) -> Array | None:
+        return None if isinstance(v, core.Literal) else env[v].tangent
+
+    steps: list[tuple[core.JaxprEqn, int]] = []
+    var = jaxpr.outvars[0]
+    while not isinstance(var, core.Literal) and var in producer:
+        eqn = producer[var]
+        name = eqn.primitive.name
+        live = [i for i, v in enumerate(eqn.invars) if tangent(v) is not None]
+        if len(live) != 1 or len(eqn.outvars) != 1:
+            break
+        (i,) = live
+        if name == "dot_general" or name in _TAIL_UNARY:
+            pass
+        elif name in ("add", "sub", "add_any"):
+            if eqn.invars[0].aval.shape != eqn.invars[1].aval.shape:
+                break  # a broadcast bias: keep the rule simple, stop here
+        else:
+            break
+        steps.append((eqn, i))
+        var = eqn.invars[i]
+    if not steps:
+        return None
+
+    def linear(u: Array) -> Array:
+        for eqn, i in reversed(steps):
+            name = eqn.primitive.name
+            if name in ("add", "add_any"):
+                continue  # the bias drops out of the linear part
+            if name == "sub":
+                u = u if i == 0 else -u
+                continue
+            args = [
+                u
+                if j == i
+                else (v.val if isinstance(v, core.Literal) else env[v].primal)
+                for j, v in enumerate(eqn.invars)
+            ]
+            (u,) = _bind(eqn, args)
+        return u
+
+    return var, linear
+
+
 def collapsed_jet(
     fn: Callable[..., Array],
     primals: tuple[ArrayLike, ...],
     tangents: tuple[Float[ArrayLike, "K ..."] | None, ...],
     weights: Shaped[ArrayLike, " K"],
-) -> tuple[Array, Float[Array, "K ..."], Array]:
+    contract: Float[ArrayLike, "K ..."] | None = None,
+) -> tuple[Array, ...]:
     """Collapsed second-order Taylor-mode evaluation of `fn` at `primals`.
 
     **Arguments:**
@@ -790,6 +855,12 @@ def collapsed_jet(
 
     With the coordinate directions of `x` and unit weights `out_second` is the
     Laplacian; with random probes and weights `1/K`, Hutchinson's estimator.
+
+    With `contract` (shape `(K, *out.shape)`), a fourth result
+    `sum_k weights[k] <contract[k], out_tangents[k]>` is returned: with
+    `contract` the input directions themselves this is the divergence (or its
+    Hutchinson estimate). It is computed before the field's last linear layer
+    when there is one, which saves that layer's tangent product per sample.
 
     Works under `jax.jit`, `jax.vmap` and reverse-mode autodiff (also with respect to
     arrays that `fn` closes over). A primitive without a dedicated rule is evaluated
@@ -826,8 +897,47 @@ def collapsed_jet(
         raise ValueError(
             f"fn must return a single array; got {len(closed.jaxpr.outvars)} outputs"
         )
-    (out,) = _eval_jaxpr(_Ctx(weights), closed.jaxpr, closed.consts, args)
+    env: dict[core.Var, _Jet] = {}
+    (out,) = _eval_jaxpr(_Ctx(weights), closed.jaxpr, closed.consts, args, env)
     y = jnp.asarray(out.primal)
     t = jnp.zeros((num, *y.shape), y.dtype) if out.tangent is None else out.tangent
     s = jnp.zeros(y.shape, y.dtype) if out.second is None else out.second
-    return y, t, s
+    if contract is None:
+        return y, t, s
+    return y, t, s, _contract(closed.jaxpr, env, t, weights, jnp.asarray(contract))
+
+
+def _contract(
+    jaxpr: core.Jaxpr,
+    env: dict[core.Var, _Jet],
+    t: Array,
+    weights: Array,
+    contract: Array,
+) -> Array:
+    """`sum_k w_k <C_k, T_k>` for the output tangents `T`.
+
+    When the output is a linear map `L` of an intermediate `mid` (a last linear
+    layer), this is `sum_k w_k <L^T C_k, T_mid[k]>`: `L^T C` does not depend on the
+    sample (for the coordinate directions of a divergence it is the weight matrix
+    itself), so under `vmap` it is computed once, and the per-sample cost is an
+    inner product instead of the last layer's `(K, m, h)` tangent product. The
+    full `T` then goes unused unless the caller wants it, and XLA drops it.
+    """
+    w = weights.astype(t.dtype)
+    tail = _linear_tail(jaxpr, env) if jaxpr.outvars else None
+    if tail is not None:
+        mid, linear = tail
+        mid_jet = env[mid]
+        assert mid_jet.tangent is not None
+        struct = jax.ShapeDtypeStruct(jnp.shape(mid_jet.primal), mid_jet.tangent.dtype)
+        transpose = jax.linear_transpose(linear, struct)
+        back = jax.vmap(lambda c: transpose(c)[0])(contract.astype(t.dtype))
+        return _weighted_inner(w, back, mid_jet.tangent)
+    return _weighted_inner(w, contract.astype(t.dtype), t)
+
+
+def _weighted_inner(w: Array, a: Array, b: Array) -> Array:
+    # Multiply-and-reduce fuses into one loop over the per-sample tangents; as a
+    # dot_general it needed a transpose of the batched operand first.
+    wa = a * w.reshape((-1,) + (1,) * (a.ndim - 1))
+    return jnp.sum(wa * b)

@@ -440,3 +440,37 @@ def test_errors(no_typecheck):
         collapsed_jet(pair, (X,), (jnp.eye(4),), jnp.ones(4))  # pyright: ignore
     with pytest.raises(ValueError, match="primals but"):
         collapsed_jet(jnp.sin, (X,), (), jnp.ones(4))
+
+
+def _last_linear(x):
+    h = jnp.tanh(_W1 @ x + 0.3)
+    return (_W2 @ h - _B2).reshape(-1)
+
+
+def _last_nonlinear(x):
+    return jnp.sin(_W2 @ jnp.tanh(_W1 @ x))
+
+
+_RNG = np.random.default_rng(7)
+_W1 = _RNG.normal(size=(6, 4))
+_W2 = _RNG.normal(size=(4, 6))
+_B2 = _RNG.normal(size=(4,))
+
+
+@pytest.mark.parametrize("fn", [_last_linear, _last_nonlinear])
+def test_contraction(fn):
+    # sum_k w_k <C_k, J v_k>, checked against the full Jacobian. `_last_linear`
+    # ends in a linear layer (computed before it, through its transpose);
+    # `_last_nonlinear` does not (computed from the output tangents).
+    x = _RNG.normal(size=(4,))
+    V = _RNG.normal(size=(3, 4))
+    C = _RNG.normal(size=(3, 4))
+    w = _RNG.normal(size=(3,))
+    J = jax.jacfwd(fn)(jnp.asarray(x))
+    expected = jnp.einsum("k,ki,ij,kj->", w, C, J, V)
+    *_, c = quick_jit(lambda x_: collapsed_jet(fn, (x_,), (V,), w, C))(x)
+    np.testing.assert_allclose(c, expected, rtol=1e-10)
+    # With C = V = I and unit weights it is the divergence.
+    eye = np.eye(4)
+    *_, div = collapsed_jet(fn, (x,), (eye,), np.ones(4), eye)
+    np.testing.assert_allclose(div, jnp.trace(J), rtol=1e-10)
