@@ -337,6 +337,12 @@ def main(argv=None):
         "--stochastic-ds", type=int, nargs="*", default=[1_000, 10_000, 100_000]
     )
     p.add_argument("--probes", type=int, default=16)
+    p.add_argument(
+        "--stochastic-repeats",
+        type=int,
+        default=3,
+        help="runs per contender at the large stochastic d (each takes seconds)",
+    )
     p.add_argument("--out", default="docs/benchmarks")
     p.add_argument("--tag", default="cpu")
     p.add_argument(
@@ -352,6 +358,7 @@ def main(argv=None):
     if args.quick:
         args.ds, args.batch, args.width, args.repeats = [3, 8], 16, 16, 3
         args.stochastic_ds = [2_000]
+        args.stochastic_repeats = 2
         args.out = os.path.join("benchmarks", "out")
     os.makedirs(args.out, exist_ok=True)
 
@@ -362,8 +369,10 @@ def main(argv=None):
     if not args.quick:
         plan.append((deep, 32))
     groups = sum(len(recipes(make_net(3, 4, 1, key), 3)) for _ in plan)
-    groups += 2 * len(args.stochastic_ds)
-    progress = tqdm(total=groups * args.repeats, desc="benchmark", unit="run")
+    total = (
+        groups * args.repeats + 2 * len(args.stochastic_ds) * args.stochastic_repeats
+    )
+    progress = tqdm(total=total, desc="benchmark", unit="run")
     limit_mb = args.memory_limit_gb * 1024
     results: list[Result] = []
     for (model, width, depth), d in plan:
@@ -384,7 +393,15 @@ def main(argv=None):
         for quantity, fns in stochastic_recipes(net, args.probes).items():
             progress.set_postfix_str(f"stochastic d={d} {quantity}")
             results += run_group(
-                quantity, fns, x, t, d, "seed net", args.repeats, limit_mb, progress
+                quantity,
+                fns,
+                x,
+                t,
+                d,
+                "seed net",
+                args.stochastic_repeats,
+                limit_mb,
+                progress,
             )
     progress.close()
 

@@ -8,7 +8,14 @@ from ._derivative import AbstractDerivative, _flat_field, _out_shape, _split
 from ._divergence import GradDiv
 from ._jacobian import Jacobian
 from ._method import as_method
-from ._misc import check_field, check_inputs, field_output, map_batch, sample_struct
+from ._misc import (
+    check_chunk_size,
+    check_field,
+    check_inputs,
+    field_output,
+    map_batch,
+    sample_struct,
+)
 from ._operator import AbstractOperator, _check_key
 from ._time import TimeDerivative
 from ._value import Value
@@ -65,6 +72,7 @@ def derivatives(
             )
     method = as_method(method)
     x, t, batch = check_inputs(x, t)
+    check_chunk_size(chunk_size)
     stochastic = method.stochastic or (
         isinstance(field, AbstractOperator) and field.stochastic
     )

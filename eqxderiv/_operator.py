@@ -17,7 +17,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._custom_types import SpaceLike, TimeLike
-from ._misc import check_field, check_inputs, map_batch, sample_struct
+from ._misc import (
+    check_chunk_size,
+    check_field,
+    check_inputs,
+    map_batch,
+    sample_struct,
+)
 
 
 def _check_key(key: Any, stochastic: bool, name: str) -> None:
@@ -84,32 +90,27 @@ class AbstractOperator(eqx.Module):
     ) -> Array:
         x, t, batch = check_inputs(x, t)
         _check_key(key, self.stochastic, type(self).__name__)
-        if chunk_size is not None and (
-            not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            raise ValueError(
-                f"`chunk_size` must be a positive int or None; got {chunk_size!r}."
-            )
+        check_chunk_size(chunk_size)
         self._out_struct(sample_struct(x, batch), sample_struct(t, batch))
         return map_batch(self._single, x, t, key, batch, chunk_size)
 
     # Operator arithmetic. Every method returns a new (final) operator.
 
     def __add__(self, other: Any) -> "AbstractOperator":
-        other = _as_operator(other, "+")
+        other = _as_operator(other, "+", like=self)
         fused = _try_fuse(self, other, 1)
         return _Add(self, other) if fused is None else fused
 
     def __radd__(self, other: Any) -> "AbstractOperator":
-        return _as_operator(other, "+").__add__(self)
+        return _as_operator(other, "+", like=self).__add__(self)
 
     def __sub__(self, other: Any) -> "AbstractOperator":
-        other = _as_operator(other, "-")
+        other = _as_operator(other, "-", like=self)
         fused = _try_fuse(self, other, -1)
         return _Add(self, _Scale(other, -1)) if fused is None else fused
 
     def __rsub__(self, other: Any) -> "AbstractOperator":
-        return _as_operator(other, "-").__sub__(self)
+        return _as_operator(other, "-", like=self).__sub__(self)
 
     def __neg__(self) -> "AbstractOperator":
         return _scale(self, -1)
@@ -157,13 +158,19 @@ def _is_scalar(x: Any) -> bool:
     return True
 
 
-def _as_operator(other: Any, symbol: str) -> AbstractOperator:
+def _as_operator(
+    other: Any, symbol: str, like: AbstractOperator | None = None
+) -> AbstractOperator:
+    from ._derivative import as_fused
     from ._value import Value
 
     if isinstance(other, AbstractOperator):
         return other
     if callable(other):
-        return Value(other)
+        # In a sum, the field takes the method of the named derivative it is added
+        # to, so that `D(f, method=m) + f` still fuses into one propagation.
+        fused = None if like is None else as_fused(like)
+        return Value(other) if fused is None else Value(other, method=fused.method)
     raise TypeError(
         f"`{symbol}` between an operator and {_describe(other)} is not defined: "
         "expected another operator or a field (a callable `f(x)` / `f(x, t)`)"

@@ -1,0 +1,150 @@
+"""The question's Flax model `NN` through `eqxderiv.from_flax`: the answer's exact
+numbers and shapes, every operator against brute force, and training."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from flax.training import train_state
+from helpers import (
+    NN,
+    VECTOR_OPS,
+    assert_close,
+    assert_pairs_close,
+    batch_inputs,
+    brute,
+)
+
+import eqxderiv
+
+
+@pytest.fixture(scope="module")
+def seed():
+    """The question's setup, verbatim (with its `batxh_size` typo fixed)."""
+    d = 3
+    batch_size = 10
+    net = NN(hid_dim=100, output_dim=d)
+    rng_nn, rng_inp1, rng_inp2 = jax.random.split(jax.random.PRNGKey(100), 3)
+    inp_x = jax.random.normal(rng_inp1, (1, d))  # batch, d
+    inp_t = jax.random.normal(rng_inp2, (1, 1))
+    params_net = net.init(rng_nn, inp_x, inp_t)
+    x = jax.random.normal(rng_inp2, (batch_size, d))  # batch, d
+    t = jax.random.normal(rng_inp1, (batch_size, 1))
+    return net, params_net, x, t
+
+
+def test_seed_answer_numbers(seed):
+    net, params_net, x, t = seed
+    field = eqxderiv.from_flax(net, params_net)
+
+    # The accepted answer, verbatim.
+    df_dx = jax.vmap(jax.jacobian(net.apply, argnums=1), in_axes=(None, 0, 0))(
+        params_net, x, t
+    )
+    df_dt = jax.vmap(jax.jacobian(net.apply, argnums=2), in_axes=(None, 0, 0))(
+        params_net, x, t
+    ).reshape(10, 3)
+
+    jac = eqxderiv.Jacobian(field)(x, t)
+    dt = eqxderiv.TimeDerivative(field)(x, t)
+    div = eqxderiv.Divergence(field)(x, t)
+    graddiv = eqxderiv.GradDiv(field)(x, t)
+    assert jac.shape == (10, 3, 3)
+    assert dt.shape == (10, 3)
+    assert div.shape == (10,)
+    assert graddiv.shape == (10, 3)
+    assert_close(jac, df_dx)
+    assert_close(dt, df_dt)
+    assert_close(div, jnp.trace(df_dx, axis1=-2, axis2=-1))
+    assert_close(graddiv, brute("GradDiv", field, x, t))
+
+    # The same four from one call, plus the value.
+    f, df_dt2, df_dx2, graddiv2 = eqxderiv.derivatives(field, x, t)
+    assert_close(f, net.apply(params_net, x, t))
+    assert_close(df_dt2, df_dt)
+    assert_close(df_dx2, df_dx)
+    assert_close(graddiv2, graddiv)
+
+
+def test_seed_params_entry_and_variables_agree(seed):
+    net, params_net, x, t = seed
+    full = eqxderiv.from_flax(net, params_net)
+    params_only = eqxderiv.from_flax(net, params_net["params"])
+    assert_close(eqxderiv.Laplacian(params_only)(x, t), eqxderiv.Laplacian(full)(x, t))
+
+
+@pytest.mark.parametrize(
+    "batch, t_layout",
+    [((), "flat"), ((), "column"), ((2, 3), "flat"), ((6,), "column")],
+)
+def test_every_operator_matches_brute_force(batch, t_layout, getkey):
+    net = NN(hid_dim=16, output_dim=3)
+    x, t = batch_inputs(getkey(), batch, 3, t_layout)
+    params = net.init(getkey(), x.reshape(-1, 3)[:1], t.reshape(-1, 1)[:1])
+    field = eqxderiv.from_flax(net, params)
+
+    def pairs(field, x, t):
+        return {
+            name: (getattr(eqxderiv, name)(field)(x, t), brute(name, field, x, t))
+            for name in VECTOR_OPS
+        }
+
+    assert_pairs_close(pairs, field, x, t)
+
+
+def test_flax_under_jit(seed):
+    net, params_net, x, t = seed
+    field = eqxderiv.from_flax(net, params_net)
+    eager = eqxderiv.GradDiv(field)(x, t)
+    assert_close(eqx.filter_jit(lambda f: eqxderiv.GradDiv(f)(x, t))(field), eager)
+
+    @jax.jit
+    def from_params(params):
+        return eqxderiv.GradDiv(eqxderiv.from_flax(net, params))(x, t)
+
+    assert_close(from_params(params_net), eager)
+
+
+def test_flax_parameter_gradient_and_training_step(getkey):
+    net = NN(hid_dim=16, output_dim=3)
+    x, t = batch_inputs(getkey(), (6,), 3, "column")
+    params = net.init(getkey(), x[:1], t[:1])["params"]
+
+    def loss(p):
+        field = eqxderiv.from_flax(net, p)
+        return jnp.mean(eqxderiv.Divergence(field)(x, t) ** 2)
+
+    def reference(p):
+        def div(x_, t_):
+            return jnp.trace(jax.jacfwd(lambda y: net.apply({"params": p}, y, t_))(x_))
+
+        return jnp.mean(jax.vmap(div)(x, t) ** 2)
+
+    grads = jax.jit(jax.grad(loss))(params)
+    expected = jax.jit(jax.grad(reference))(params)
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+        assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+    # One optax step through a Flax TrainState, as in the question.
+    state = train_state.TrainState.create(
+        apply_fn=net.apply, params=params, tx=optax.adam(1e-3)
+    )
+
+    @jax.jit
+    def train_step(state):
+        return state.apply_gradients(grads=jax.grad(loss)(state.params))
+
+    new_state = train_step(state)
+    assert new_state.step == 1
+    losses = jax.jit(lambda a, b: (loss(a), loss(b)))(new_state.params, params)
+    assert float(losses[0]) < float(losses[1])
+
+
+def test_from_flax_rejects_bad_input(seed):
+    net, params_net, _, _ = seed
+    with pytest.raises(TypeError, match="`module` must be a Flax linen Module"):
+        eqxderiv.from_flax(object(), params_net)
+    with pytest.raises(TypeError, match="`params` must be the variables dict"):
+        eqxderiv.from_flax(net, [params_net])
