@@ -83,7 +83,7 @@ class AbstractJetMethod(AbstractMethod):
     Subclasses choose the directions $v_k$ and weights $w_k$ (`directions`) and
     how the pass is computed (`jet`). Exact methods use $v_k = e_k$, $w_k = 1$, so
     $T$ is the Jacobian and $S$ the Laplacian; stochastic ones use random probes.
-    A time direction, when asked for, is appended with weight zero.
+    A time derivative is one separate JVP along `t`.
     The gradient of the divergence is reverse mode over this forward pass.
     """
 
@@ -165,47 +165,40 @@ class AbstractJetMethod(AbstractMethod):
             if "value" not in q:
                 q["value"] = fn(x, t)
         else:
+            div = bool(needs & {"divergence", "graddiv"})
 
-            def jet_pass(x_):
-                if want_dt:
-                    assert t is not None
-                    tx = jnp.concatenate([V, jnp.zeros((1, d), V.dtype)])
-                    tt = jnp.zeros((V.shape[0] + 1,) + t.shape, t.dtype)
-                    tt = tt.at[-1].set(1)
-                    ww = jnp.concatenate([w, jnp.zeros((1,), w.dtype)])
-                else:
-                    tx, tt, ww = V, None, w
-                if t is None:
-                    tt = None
+            def jet_pass(x_, with_second, with_div):
                 # sum_k w_k v_k . (J v_k): the trace for V = I, w = 1. Only when
                 # asked for: it needs m = d, which a Laplacian does not.
-                div = bool(needs & {"divergence", "graddiv"})
-                contract = tx if div else None
+                contract = V if with_div else None
                 value, T, S, c = self._chunked_jet(
-                    fn, x_, t, tx, tt, ww, second, contract
+                    fn, x_, t, V, None, w, with_second, contract
                 )
                 out = {"value": value}
-                Tx = T[: V.shape[0]]
-                if want_dt:
-                    out["dt"] = T[-1]
-                if div:
+                if with_div:
                     assert c is not None
                     out["divergence"] = c
                 if exact:
-                    out["jacobian"] = Tx.T
+                    out["jacobian"] = T.T
                 if S is not None:
                     out["laplacian"] = S
                 return out
 
             if "graddiv" in needs:
-
+                # Reverse mode over the forward pass (never reverse-over-reverse).
+                # A Laplacian rides along in the same pass as an auxiliary output:
+                # the primal and first-order tangents are shared.
                 def div_aux(x_):
-                    out = jet_pass(x_)
+                    out = jet_pass(x_, second, True)
                     return out["divergence"], out
 
                 (_, q), q["graddiv"] = jax.value_and_grad(div_aux, has_aux=True)(x)
             else:
-                q = jet_pass(x)
+                q = jet_pass(x, second, div)
+            if want_dt:
+                # One JVP along t: cheaper than a (K+1)-th direction in the pass,
+                # whose output tangents would then all be needed.
+                _, q["dt"] = time_derivative(fn, x, t)  # pyright: ignore
 
         if want_jac and "jacobian" not in q:
             # Stochastic methods give exact Jacobians too.

@@ -33,7 +33,7 @@ class Taylor(AbstractJetMethod):
     the default method.
 
     One forward pass over the field's computation carries the value, the $d$
-    first-order tangents $J e_k$ (plus $\\partial_t f$ when asked for) and a
+    first-order tangents $J e_k$ and a
     *single* summed second-order term
     $\\sum_k D^2 f[e_k, e_k] = \\Delta f$, instead of $d$ separate second-order
     terms or a $(d, d)$ Hessian (Li et al., *Forward Laplacian*, 2024; Dangel et
