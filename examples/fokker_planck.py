@@ -1,50 +1,50 @@
-"""The score Fokker–Planck equation: an exact check, then a regularised score model.
+r"""The score Fokker–Planck equation: an exact check, then a regularised score model.
 
 The process. An Ornstein–Uhlenbeck forward (noising) process in $d$ dimensions,
 
-$$dX = -\\tfrac12 \\beta X\\, dt + \\sqrt{\\beta}\\, dW, \\qquad
-X_0 \\sim \\mathcal N(\\mu_0, \\sigma_0^2 I),$$
+$$dX = -\tfrac12 \beta X\, dt + \sqrt{\beta}\, dW, \qquad
+X_0 \sim \mathcal N(\mu_0, \sigma_0^2 I),$$
 
-has Gaussian marginals $p_t = \\mathcal N(\\mu_t, \\sigma_t^2 I)$ with
-$\\mu_t = \\mu_0 e^{-\\beta t/2}$ and
-$\\sigma_t^2 = \\sigma_0^2 e^{-\\beta t} + 1 - e^{-\\beta t}$, so the score
-$s = \\nabla_x \\log p_t$ is known in closed form: $s(x, t) = -(x - \\mu_t) /
-\\sigma_t^2$.
+has Gaussian marginals $p_t = \mathcal N(\mu_t, \sigma_t^2 I)$ with
+$\mu_t = \mu_0 e^{-\beta t/2}$ and
+$\sigma_t^2 = \sigma_0^2 e^{-\beta t} + 1 - e^{-\beta t}$, so the score
+$s = \nabla_x \log p_t$ is known in closed form: $s(x, t) = -(x - \mu_t) /
+\sigma_t^2$.
 
 The equation. The density obeys
-$\\partial_t p = \\nabla\\cdot(\\tfrac12\\beta x p) + \\tfrac12\\beta\\Delta p$.
-Dividing by $p$ and using $\\Delta p / p = \\Delta \\log p + \\|\\nabla \\log p\\|^2$,
+$\partial_t p = \nabla\cdot(\tfrac12\beta x p) + \tfrac12\beta\Delta p$.
+Dividing by $p$ and using $\Delta p / p = \Delta \log p + \|\nabla \log p\|^2$,
 
-$$\\partial_t \\log p = \\tfrac12\\beta\\,(d + x\\cdot s + \\nabla\\cdot s +
-\\|s\\|^2),$$
+$$\partial_t \log p = \tfrac12\beta\,(d + x\cdot s + \nabla\cdot s +
+\|s\|^2),$$
 
 and the gradient in $x$ gives the score Fokker–Planck equation
 
-$$R(s) = \\partial_t s - \\tfrac12\\beta\\, \\nabla_x\\big(x\\cdot s +
-\\nabla\\cdot s + \\|s\\|^2\\big) = 0 .$$
+$$R(s) = \partial_t s - \tfrac12\beta\, \nabla_x\big(x\cdot s +
+\nabla\cdot s + \|s\|^2\big) = 0 .$$
 
-With $J = \\partial s / \\partial x$, $\\nabla(x\\cdot s) = J^\\top x + s$ and
-$\\nabla\\|s\\|^2 = 2 J^\\top s$, so
-$R = \\partial_t s - \\tfrac12\\beta\\,(\\nabla(\\nabla\\cdot s) + J^\\top(x + 2s)
+With $J = \partial s / \partial x$, $\nabla(x\cdot s) = J^\top x + s$ and
+$\nabla\|s\|^2 = 2 J^\top s$, so
+$R = \partial_t s - \tfrac12\beta\,(\nabla(\nabla\cdot s) + J^\top(x + 2s)
 + s)$. The script builds $R$ in two ways from eqxderiv operators:
 
 1. operator arithmetic, `TimeDerivative(s) - c * GradDiv(s) - c * Grad(phi)` with
-   the scalar field $\\phi = (x + s)\\cdot s = x\\cdot s + \\|s\\|^2$;
-2. `eqxderiv.derivatives(s, x, t)`, which returns $s$, $\\partial_t s$, $J$ and
-   $\\nabla(\\nabla\\cdot s)$ from one shared propagation, assembled by hand.
+   the scalar field $\phi = (x + s)\cdot s = x\cdot s + \|s\|^2$;
+2. `eqxderiv.derivatives(s, x, t)`, which returns $s$, $\partial_t s$, $J$ and
+   $\nabla(\nabla\cdot s)$ from one shared propagation, assembled by hand.
 
 What it shows, and what "success" means (the script exits with status 1
 otherwise):
 
 - On the exact score both residuals vanish to float64 round-off
-  ($\\max |R| < 10^{-10}$), and they agree with each other; on a perturbed score
-  $1.1\\, s$ the residual is clearly nonzero ($\\max |R| > 10^{-2}$). The whole
+  ($\max |R| < 10^{-10}$), and they agree with each other; on a perturbed score
+  $1.1\, s$ the residual is clearly nonzero ($\max |R| > 10^{-2}$). The whole
   script runs in float64 (`jax_enable_x64`) so that this check is meaningful.
-- A score network $s_\\theta(x, t)$ (`eqxderiv.SpaceTimeMLP`) is trained with
+- A score network $s_\theta(x, t)$ (`eqxderiv.SpaceTimeMLP`) is trained with
   Adam on denoising score matching (DSM) plus
-  $\\lambda\\,\\operatorname{mean}\\|R(s_\\theta)\\|^2$ at the same noisy
+  $\lambda\,\operatorname{mean}\|R(s_\theta)\|^2$ at the same noisy
   points. Its relative $L^2$ error against the exact score on held-out
-  $(x, t)$, $x \\sim p_t$, is below `--tol`. For comparison the same network is
+  $(x, t)$, $x \sim p_t$, is below `--tol`. For comparison the same network is
   also trained by DSM alone (no assertion on which is better; with the defaults
   the regulariser lowers the error by about a quarter and the residual of the
   learned score by about an order of magnitude).
