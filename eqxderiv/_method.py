@@ -74,6 +74,11 @@ def hessian(fn: Fn, x: Array, t: Array | None) -> Array:
     return jax.jacfwd(jax.jacrev(_call(fn, t)))(x)
 
 
+# Up to this many directions, the gradient of the divergence and a Laplacian share
+# one pass (see `AbstractJetMethod.compute`).
+_SHARED_PASS_MAX_DIRECTIONS = 64
+
+
 class AbstractJetMethod(AbstractMethod):
     """A method built on one forward pass that pushes the value, `K` first-order
     tangents and one weighted sum of second-order terms through the field:
@@ -186,13 +191,20 @@ class AbstractJetMethod(AbstractMethod):
 
             if "graddiv" in needs:
                 # Reverse mode over the forward pass (never reverse-over-reverse).
-                # A Laplacian rides along in the same pass as an auxiliary output:
-                # the primal and first-order tangents are shared.
+                # For small d a Laplacian rides along in the same pass as an
+                # auxiliary output, sharing the primal and first-order tangents;
+                # for larger d, reverse mode over a pass that carries the
+                # second-order chain measured slower than two passes (at d = 128,
+                # 3x; benchmarks/run.py), so the Laplacian gets its own pass.
+                shared = second and len(V) <= _SHARED_PASS_MAX_DIRECTIONS
+
                 def div_aux(x_):
-                    out = jet_pass(x_, second, True)
+                    out = jet_pass(x_, shared, True)
                     return out["divergence"], out
 
                 (_, q), q["graddiv"] = jax.value_and_grad(div_aux, has_aux=True)(x)
+                if second and not shared:
+                    q["laplacian"] = jet_pass(x, True, False)["laplacian"]
             else:
                 q = jet_pass(x, second, div)
             if want_dt:
