@@ -771,6 +771,10 @@ def _eval_jaxpr(
 _TAIL_UNARY = {"reshape", "convert_element_type", "copy", "squeeze", "transpose"}
 
 
+def _value(v: Any, env: dict[core.Var, _Jet]) -> ArrayLike:
+    return v.val if isinstance(v, core.Literal) else env[v].primal
+
+
 def _linear_tail(
     jaxpr: core.Jaxpr, env: dict[core.Var, _Jet]
 ) -> tuple[Any, Callable[[Array], Array]] | None:
@@ -798,7 +802,8 @@ def _linear_tail(
         if name == "dot_general" or name in _TAIL_UNARY:
             pass
         elif name in ("add", "sub", "add_any"):
-            if eqn.invars[0].aval.shape != eqn.invars[1].aval.shape:
+            shapes = [jnp.shape(_value(v, env)) for v in eqn.invars]
+            if shapes[0] != shapes[1]:
                 break  # a broadcast bias: keep the rule simple, stop here
         else:
             break
@@ -815,12 +820,7 @@ def _linear_tail(
             if name == "sub":
                 u = u if i == 0 else -u
                 continue
-            args = [
-                u
-                if j == i
-                else (v.val if isinstance(v, core.Literal) else env[v].primal)
-                for j, v in enumerate(eqn.invars)
-            ]
+            args = [u if j == i else _value(v, env) for j, v in enumerate(eqn.invars)]
             (u,) = _bind(eqn, args)
         return u
 

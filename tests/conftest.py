@@ -1,8 +1,23 @@
 import itertools
+import os
 
 import jax
 import jaxtyping
 import pytest
+
+
+# Nearly all of the suite's time is XLA compiling small programs on CPU, and most
+# of that is optimisation and code generation that buys nothing for programs run
+# once on tiny inputs: these CPU code-generation options halve the compile time
+# (the programs compute the same thing, up to floating-point rounding). XLA reads
+# XLA_FLAGS when its backend starts (after this file runs) and aborts on a flag it
+# does not know, so they are only set for the jax version they were checked with,
+# and never over flags the user set.
+if jax.__version__.startswith("0.10.") and "XLA_FLAGS" not in os.environ:
+    os.environ["XLA_FLAGS"] = (
+        "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+        " --xla_cpu_use_fusion_emitters=false"
+    )
 
 
 # Every oracle comparison is made in float64, with tolerances near round-off.

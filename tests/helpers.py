@@ -7,7 +7,9 @@ drawn with NumPy (each new shape drawn with `jax.random` is a compilation),
 comparisons run in NumPy, and evaluations go through the module-level jitted
 `evaluate` / `reference` / `expected`, whose compilations are shared by every test
 (and every method: `"auto"` and `"taylor"` are the same program) that evaluates
-the same operator on the same kind of field and shapes. Eager evaluation is tested
+the same operators on the same kind of field and shapes. Each test evaluates
+all its operators in one program: one compilation of many operators costs far
+less than many compilations of one. Eager evaluation is tested
 on its own (test_transforms.py, test_flax.py).
 """
 
@@ -71,7 +73,9 @@ def normal(key, shape: tuple[int, ...]) -> Array:
     return jnp.asarray(rng(key).standard_normal(shape))
 
 
-def batch_inputs(key, batch: tuple[int, ...], d: int, t_layout: str | None):
+def batch_inputs(
+    key, batch: tuple[int, ...], d: int, t_layout: str | None
+) -> tuple[Array, Any]:
     """Random `x` of shape `(*batch, d)` and `t` of shape `(*batch,)` ("flat"),
     `(*batch, 1)` ("column") or None."""
     gen = rng(key)
@@ -83,9 +87,10 @@ def batch_inputs(key, batch: tuple[int, ...], d: int, t_layout: str | None):
 
 
 @eqx.filter_jit
-def evaluate(op: Callable, x: Array, t: Array | None = None) -> Array:
-    """`op(x, t)` (or `op(x)`), compiled."""
-    return op(x) if t is None else op(x, t)
+def evaluate(ops: dict[str, Callable], x: Array, t: Array | None = None):
+    """`{label: op(x, t)}` (or `op(x)`) for a dict of operators, as one compiled
+    program."""
+    return {k: op(x) if t is None else op(x, t) for k, op in ops.items()}
 
 
 # --------------------------------------------------------------------------------
@@ -183,10 +188,14 @@ def _over_batch(fn: Callable, x: Array, t: Array | None) -> Array:
 
 
 @eqx.filter_jit
-def expected(name: str, field: SinExpVector | SinExpScalar, x, t=None) -> Array:
-    """The hand-derived derivative `name` of a closed-form field, batched."""
+def expected(names, field: SinExpVector | SinExpScalar, x, t=None) -> dict:
+    """`{name: value}`: the hand-derived derivatives `names` of a closed-form field,
+    batched, as one compiled program."""
     table = SIN_EXP_VECTOR if isinstance(field, SinExpVector) else SIN_EXP_SCALAR
-    return _over_batch(lambda x_, t_: table[name](field, x_, t_), x, t)
+    return {
+        name: _over_batch(lambda x_, t_: table[name](field, x_, t_), x, t)
+        for name in names
+    }
 
 
 # --------------------------------------------------------------------------------
@@ -228,7 +237,17 @@ def brute(name: str, f: Callable, x: Array, t: Array | None = None) -> Array:
     return _over_batch(lambda x_, t_: brute_single(name, f, x_, t_), x, t)
 
 
-reference = eqx.filter_jit(brute)
+@eqx.filter_jit
+def reference(names, f: Callable, x: Array, t: Array | None = None) -> dict:
+    """`{name: brute(name, f, x, t)}` for a tuple of operator names, as one
+    compiled program."""
+    return {name: brute(name, f, x, t) for name in names}
+
+
+def assert_dicts_close(actual: dict, expected: dict, rtol=1e-8, atol=1e-8):
+    assert set(actual) == set(expected), (set(actual), set(expected))
+    for k in actual:
+        assert_close(actual[k], expected[k], rtol, atol, label=k)
 
 
 # --------------------------------------------------------------------------------

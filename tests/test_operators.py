@@ -14,6 +14,7 @@ from helpers import (
     VECTOR_OPS,
     JnpMLP,
     assert_close,
+    assert_dicts_close,
     batch_inputs,
     closed_form,
     evaluate,
@@ -31,21 +32,19 @@ import eqxderiv
 
 
 @pytest.mark.parametrize("method", EXACT_METHODS)
-@pytest.mark.parametrize("name", VECTOR_OPS)
-def test_sin_exp_vector_field(name, method, getkey):
+def test_sin_exp_vector_field(method, getkey):
     f = closed_form("vector", 3, getkey())
     x, t = batch_inputs(getkey(), (6,), 3, "flat")
-    op = getattr(eqxderiv, name)(f, method=method)
-    assert_close(evaluate(op, x, t), expected(name, f, x, t))
+    ops = {name: getattr(eqxderiv, name)(f, method=method) for name in VECTOR_OPS}
+    assert_dicts_close(evaluate(ops, x, t), expected(tuple(VECTOR_OPS), f, x, t))
 
 
 @pytest.mark.parametrize("method", EXACT_METHODS)
-@pytest.mark.parametrize("name", SCALAR_OPS)
-def test_sin_exp_scalar_field(name, method, getkey):
+def test_sin_exp_scalar_field(method, getkey):
     u = closed_form("scalar", 3, getkey())
     x, t = batch_inputs(getkey(), (6,), 3, "column")
-    op = getattr(eqxderiv, name)(u, method=method)
-    assert_close(evaluate(op, x, t), expected(name, u, x, t))
+    ops = {name: getattr(eqxderiv, name)(u, method=method) for name in SCALAR_OPS}
+    assert_dicts_close(evaluate(ops, x, t), expected(tuple(SCALAR_OPS), u, x, t))
 
 
 # Fields with textbook derivatives, at module level so that every method's test
@@ -180,25 +179,41 @@ def _textbook_cases(x, t):
     ]
 
 
+@eqx.filter_jit
+def _run_textbook(cases):
+    # At module level, so that "auto" and "taylor" share one compilation.
+    return [cls_op(x) if t is None else cls_op(x, t) for cls_op, x, t in cases]
+
+
 @pytest.mark.parametrize("method", EXACT_METHODS)
 def test_textbook_fields(method, getkey):
     x, t = batch_inputs(getkey(), (6,), 3, "flat")
-    for cls, field, x_, t_, value in _textbook_cases(x, t):
-        op = cls(field, method=method)
-        out = evaluate(op, jnp.asarray(x_), None if t_ is None else jnp.asarray(t_))
+    cases = _textbook_cases(x, t)
+    outs = _run_textbook(
+        [
+            (
+                cls(field, method=method),
+                jnp.asarray(x_),
+                t_ if t_ is None else jnp.asarray(t_),
+            )
+            for cls, field, x_, t_, _ in cases
+        ]
+    )
+    for out, (cls, field, _, _, value) in zip(outs, cases):
         assert_close(out, value, label=f"{cls.__name__}({field.__name__})")
 
 
-@pytest.mark.parametrize("t_shape", [(), (1,)])
-def test_unbatched(t_shape, getkey):
+def test_unbatched(getkey):
+    # One sample with t of shape (); (1,) is in test_batch_and_time_layouts.
     f = closed_form("vector", 3, getkey())
     u = closed_form("scalar", 3, getkey())
     x = batch_inputs(getkey(), (), 3, None)[0]
-    t = jnp.full(t_shape, 0.3)
-    for field, names in ((f, VECTOR_OPS), (u, SCALAR_OPS)):
-        for name in names:
-            out = evaluate(getattr(eqxderiv, name)(field), x, t)
-            assert_close(out, expected(name, field, x, t), label=name)
+    t = jnp.asarray(0.3)
+    ops = {n: getattr(eqxderiv, n)(f) for n in VECTOR_OPS}
+    ops |= {"scalar " + n: getattr(eqxderiv, n)(u) for n in SCALAR_OPS}
+    want = expected(tuple(VECTOR_OPS), f, x, t)
+    want |= {"scalar " + k: v for k, v in expected(tuple(SCALAR_OPS), u, x, t).items()}
+    assert_dicts_close(evaluate(ops, x, t), want)
 
 
 # --------------------------------------------------------------------------------
@@ -206,62 +221,61 @@ def test_unbatched(t_shape, getkey):
 
 
 @pytest.mark.parametrize("method", EXACT_METHODS)
-@pytest.mark.parametrize("name", VECTOR_OPS)
-def test_space_time_mlp(name, method, getkey):
+def test_space_time_mlp(method, getkey):
     net = eqxderiv.SpaceTimeMLP(3, 3, width=16, depth=2, key=getkey())
     x, t = batch_inputs(getkey(), (6,), 3, "column")
-    op = getattr(eqxderiv, name)(net, method=method)
-    assert_close(evaluate(op, x, t), reference(name, net, x, t))
+    ops = {name: getattr(eqxderiv, name)(net, method=method) for name in VECTOR_OPS}
+    assert_dicts_close(evaluate(ops, x, t), reference(tuple(VECTOR_OPS), net, x, t))
 
 
 @pytest.mark.parametrize("method", EXACT_METHODS)
-@pytest.mark.parametrize("name", SCALAR_OPS)
-def test_jnp_mlp_scalar(name, method, getkey):
+def test_jnp_mlp_scalar(method, getkey):
     u = JnpMLP(3, None, 16, time=True, key=getkey())
     x, t = batch_inputs(getkey(), (6,), 3, "flat")
-    op = getattr(eqxderiv, name)(u, method=method)
-    assert_close(evaluate(op, x, t), reference(name, u, x, t))
+    ops = {name: getattr(eqxderiv, name)(u, method=method) for name in SCALAR_OPS}
+    assert_dicts_close(evaluate(ops, x, t), reference(tuple(SCALAR_OPS), u, x, t))
 
 
 @pytest.mark.parametrize("method", EXACT_METHODS)
-@pytest.mark.parametrize("m", [2, 5])
-def test_non_square_fields(m, method, getkey):
+def test_non_square_fields(method, getkey):
     # m < d takes the reverse-mode branch of the Jacobian, m > d the forward one.
     # Regression: a Laplacian of a field with m != d failed in the jet methods,
     # which formed the divergence (needing m = d) whenever a Laplacian was asked.
-    net = JnpMLP(3, m, 16, time=True, key=getkey())
+    narrow = JnpMLP(3, 2, 16, time=True, key=getkey())
+    wide = JnpMLP(3, 5, 16, time=True, key=getkey())
     x, t = batch_inputs(getkey(), (6,), 3, "flat")
-    for name in ("Jacobian", "Laplacian", "TimeDerivative"):
-        op = getattr(eqxderiv, name)(net, method=method)
-        assert_close(evaluate(op, x, t), reference(name, net, x, t), label=name)
+    names = ("Jacobian", "Laplacian", "TimeDerivative")
+    ops = {}
+    want = {}
+    for label, net in (("narrow", narrow), ("wide", wide)):
+        ops |= {f"{label} {n}": getattr(eqxderiv, n)(net, method=method) for n in names}
+        want |= {f"{label} {n}": v for n, v in reference(names, net, x, t).items()}
+    assert_dicts_close(evaluate(ops, x, t), want)
 
 
 @pytest.mark.parametrize(
     "batch, t_layout",
-    [
-        ((), "flat"),
-        ((), "column"),
-        ((), None),
-        ((6,), "flat"),
-        ((6,), None),
-        ((2, 3), "flat"),
-        ((2, 3), "column"),
-        ((2, 3), None),
-    ],
+    [((), "column"), ((), None), ((2, 3), "flat"), ((2, 3), None)],
 )
 def test_batch_and_time_layouts(batch, t_layout, getkey):
     # Fields with t, given as (*batch,) or (*batch, 1), and fields without t. The
-    # (6,)-"column" layout is covered above.
+    # (6,)-"column" layout is covered above, t of shape () for one sample in
+    # test_unbatched, and random layouts by test_property_closed_form.
     time = t_layout is not None
     vector = JnpMLP(3, 3, 16, time=time, key=getkey())
     scalar = eqxderiv.SpaceTimeMLP(3, "scalar", 16, 2, time=time, key=getkey())
     x, t = batch_inputs(getkey(), batch, 3, t_layout)
-    for field, names in ((vector, VECTOR_OPS), (scalar, ["Grad", "Hessian"])):
-        for name in names:
-            if name == "TimeDerivative" and not time:
-                continue
-            out = evaluate(getattr(eqxderiv, name)(field), x, t)
-            assert_close(out, reference(name, field, x, t), label=name)
+    names = tuple(n for n in VECTOR_OPS if time or n != "TimeDerivative")
+    ops = {n: getattr(eqxderiv, n)(vector) for n in names}
+    ops |= {"Grad": eqxderiv.Grad(scalar), "Hessian": eqxderiv.Hessian(scalar)}
+
+    @eqx.filter_jit
+    def run(ops, vector, scalar, x, t):
+        return evaluate(ops, x, t), reference(names, vector, x, t) | reference(
+            ("Grad", "Hessian"), scalar, x, t
+        )
+
+    assert_dicts_close(*run(ops, vector, scalar, x, t))
 
 
 def test_result_shapes_and_dtypes(getkey):
@@ -296,11 +310,10 @@ def test_float32(getkey):
     net32 = jax.tree.map(lambda a: a.astype(jnp.float32), net)
     x, t = batch_inputs(getkey(), (6,), 3, "flat")
     x32, t32 = x.astype(jnp.float32), t.astype(jnp.float32)
-    for name in ("Laplacian", "GradDiv", "TimeDerivative"):
-        out = evaluate(getattr(eqxderiv, name)(net32), x32, t32)
-        assert out.dtype == jnp.float32
-        exact = reference(name, net, x, t).astype(jnp.float32)
-        assert_close(out, exact, rtol=1e-4, atol=1e-4)
+    names = ("Laplacian", "GradDiv", "TimeDerivative")
+    out = evaluate({n: getattr(eqxderiv, n)(net32) for n in names}, x32, t32)
+    exact = jax.tree.map(lambda a: a.astype(jnp.float32), reference(names, net, x, t))
+    assert_dicts_close(out, exact, rtol=1e-4, atol=1e-4)
 
 
 # --------------------------------------------------------------------------------
@@ -308,41 +321,65 @@ def test_float32(getkey):
 # statistics are tested elsewhere).
 
 
-@pytest.mark.parametrize(
-    "method",
-    [
-        "hutchinson",
-        "sparse",
-        eqxderiv.Hutchinson(num_probes=3, probe="gaussian"),
-        eqxderiv.SparseSampling(num_samples=2),
-    ],
-)
+STOCHASTIC = [
+    "hutchinson",
+    "sparse",
+    eqxderiv.Hutchinson(num_probes=3, probe="gaussian"),
+    eqxderiv.SparseSampling(num_samples=2),
+]
+
+
+@pytest.mark.parametrize("method", STOCHASTIC)
 def test_stochastic_needs_key_and_shapes(method, getkey):
     net = JnpMLP(3, 3, 16, time=True, key=getkey())
     x, t = batch_inputs(getkey(), (2, 3), 3, "flat")
-    key = getkey()
     shapes = {
         eqxderiv.Divergence: (2, 3),
         eqxderiv.Laplacian: (2, 3, 3),
         eqxderiv.GradDiv: (2, 3, 3),
+        eqxderiv.Jacobian: (2, 3, 3, 3),
     }
     for cls, shape in shapes.items():
         op = cls(net, method=method)
         assert op.stochastic
         with pytest.raises(ValueError, match="needs a PRNG key"):
             op(x, t)
-        out = eqx.filter_jit(lambda o, k: o(x, t, key=k))(op, key)
+        out = jax.eval_shape(lambda k: op(x, t, key=k), getkey())
         assert out.shape == shape
-        assert bool(jnp.all(jnp.isfinite(out)))
-    # A Jacobian through a stochastic method is still exact.
-    jac = eqx.filter_jit(lambda o, k: o(x, t, key=k))(
-        eqxderiv.Jacobian(net, method=method), key
-    )
-    assert_close(jac, reference("Jacobian", net, x, t))
+
+
+def test_stochastic_values_are_finite(getkey):
+    net = JnpMLP(3, 3, 16, time=True, key=getkey())
+    x, t = batch_inputs(getkey(), (2, 3), 3, "flat")
+    ops = [
+        eqxderiv.Laplacian(net, method=eqxderiv.Hutchinson(3, probe="gaussian")),
+        eqxderiv.GradDiv(net, method=eqxderiv.Hutchinson()),
+        eqxderiv.Divergence(net, method=eqxderiv.SparseSampling(2)),
+    ]
+
+    @eqx.filter_jit
+    def run(ops, jac, key):
+        # A Jacobian through a stochastic method is still exact.
+        return [op(x, t, key=key) for op in ops], jac(x, t, key=key)
+
+    jac = eqxderiv.Jacobian(net, method=eqxderiv.Hutchinson())
+    outs, jac = run(ops, jac, getkey())
+    for out in outs:
+        assert np.all(np.isfinite(out))
+    assert_close(jac, reference(("Jacobian",), net, x, t)["Jacobian"])
 
 
 # --------------------------------------------------------------------------------
 # Property test: shapes and values over batch layouts and dimensions.
+
+
+@eqx.filter_jit
+def _property_program(ops, x, t):
+    """Every operator and its closed form, as one compiled program (at module
+    level, so that examples with equal shapes share it)."""
+    ours = [op(x) if t is None else op(x, t) for op in ops]
+    wants = [expected((type(op).__name__,), op.field, x, t) for op in ops]
+    return ours, [w[type(op).__name__] for w, op in zip(wants, ops)]
 
 
 @settings(max_examples=15, deadline=None)
@@ -369,14 +406,27 @@ def test_property_closed_form(batch, d, t_layout, seed):
         (u, "Hessian", (d, d)),
         (u, "Laplacian", ()),
     ]
-    for field, name, shape in per_sample:
-        if name == "TimeDerivative" and t is None:
-            continue
-        if name == "Curl" and d not in (2, 3):
-            continue
-        out = evaluate(getattr(eqxderiv, name)(field), x, t)
+    per_sample = [
+        (field, name, shape)
+        for field, name, shape in per_sample
+        if not (name == "TimeDerivative" and t is None)
+        and not (name == "Curl" and d not in (2, 3))
+    ]
+    outs, wants = _property_program(
+        [getattr(eqxderiv, name)(field) for field, name, _ in per_sample], x, t
+    )
+    for (_, name, shape), out, want in zip(per_sample, outs, wants):
         assert out.shape == batch + shape, (name, out.shape)
-        assert_close(out, expected(name, field, x, t), label=name)
+        assert_close(out, want, label=name)
+
+
+def test_numpy_inputs(getkey):
+    # NumPy arrays are accepted as they are (and evaluated eagerly here).
+    f = closed_form("vector", 3, getkey())
+    x, t = batch_inputs(getkey(), (6,), 3, "flat")
+    out = eqxderiv.Divergence(f)(np.asarray(x), np.asarray(t))
+    assert isinstance(out, jax.Array)
+    assert_close(out, expected(("Divergence",), f, x, t)["Divergence"])
 
 
 def test_operator_is_a_pytree_of_the_field(getkey):
