@@ -1,12 +1,13 @@
 from typing import ClassVar
 
+import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._custom_types import Field, SpaceLike, TimeLike
-from ._derivative import AbstractDerivative, method_field
+from ._derivative import AbstractDerivative
 from ._divergence import need_square
-from ._method import AbstractMethod
+from ._method import AbstractMethod, as_method
 
 
 class Curl(AbstractDerivative):
@@ -27,7 +28,7 @@ class Curl(AbstractDerivative):
     """
 
     field: Field
-    method: AbstractMethod = method_field()
+    method: AbstractMethod = eqx.field(default="auto", converter=as_method, static=True)
     needs: ClassVar[frozenset[str]] = frozenset({"jacobian"})
 
     @classmethod
@@ -78,7 +79,7 @@ class Advection(AbstractDerivative):
     """
 
     field: Field
-    method: AbstractMethod = method_field()
+    method: AbstractMethod = eqx.field(default="auto", converter=as_method, static=True)
     needs: ClassVar[frozenset[str]] = frozenset({"advection"})
 
     @classmethod

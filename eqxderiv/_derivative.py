@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._custom_types import Field, SpaceLike, TimeLike
-from ._method import AbstractMethod, as_method
+from ._method import AbstractMethod
 from ._misc import call_field, check_field, field_output
 from ._operator import AbstractOperator
 
@@ -156,9 +156,4 @@ def as_fused(op: AbstractOperator) -> _Fused | None:
     return None
 
 
-def method_field(default: str = "auto") -> Any:
-    """The `method` field of every named derivative: a string or a method object."""
-    return eqx.field(default=default, converter=as_method, static=True)
-
-
-__all__ = ["AbstractDerivative", "as_fused", "method_field"]
+__all__ = ["AbstractDerivative", "as_fused"]

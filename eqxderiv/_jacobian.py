@@ -1,10 +1,11 @@
 from typing import ClassVar
 
+import equinox as eqx
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._custom_types import Field, SpaceLike, TimeLike
-from ._derivative import AbstractDerivative, method_field
-from ._method import AbstractMethod
+from ._derivative import AbstractDerivative
+from ._method import AbstractMethod, as_method
 
 
 def _need_scalar(name, out):
@@ -37,7 +38,7 @@ class Jacobian(AbstractDerivative):
     """
 
     field: Field
-    method: AbstractMethod = method_field()
+    method: AbstractMethod = eqx.field(default="auto", converter=as_method, static=True)
     needs: ClassVar[frozenset[str]] = frozenset({"jacobian"})
 
     @classmethod
@@ -77,7 +78,7 @@ class Grad(AbstractDerivative):
     """
 
     field: Field
-    method: AbstractMethod = method_field()
+    method: AbstractMethod = eqx.field(default="auto", converter=as_method, static=True)
     needs: ClassVar[frozenset[str]] = frozenset({"jacobian"})
 
     @classmethod
@@ -116,7 +117,7 @@ class Hessian(AbstractDerivative):
     """
 
     field: Field
-    method: AbstractMethod = method_field()
+    method: AbstractMethod = eqx.field(default="auto", converter=as_method, static=True)
     needs: ClassVar[frozenset[str]] = frozenset({"hessian"})
 
     @classmethod

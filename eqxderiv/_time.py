@@ -1,10 +1,11 @@
 from typing import ClassVar
 
+import equinox as eqx
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._custom_types import Field, SpaceLike, TimeLike
-from ._derivative import AbstractDerivative, method_field
-from ._method import AbstractMethod
+from ._derivative import AbstractDerivative
+from ._method import AbstractMethod, as_method
 
 
 class TimeDerivative(AbstractDerivative):
@@ -28,7 +29,7 @@ class TimeDerivative(AbstractDerivative):
     """
 
     field: Field
-    method: AbstractMethod = method_field()
+    method: AbstractMethod = eqx.field(default="auto", converter=as_method, static=True)
     needs: ClassVar[frozenset[str]] = frozenset({"dt"})
 
     @classmethod
