@@ -97,20 +97,16 @@ class AbstractOperator(eqx.Module):
     # Operator arithmetic. Every method returns a new (final) operator.
 
     def __add__(self, other: Any) -> "AbstractOperator":
-        other = _as_operator(other, "+", like=self)
-        fused = _try_fuse(self, other, 1)
-        return _Add(self, other) if fused is None else fused
+        return _sum(self, _as_operator(other, "+", like=self))
 
     def __radd__(self, other: Any) -> "AbstractOperator":
-        return _as_operator(other, "+", like=self).__add__(self)
+        return _sum(_as_operator(other, "+", like=self), self)
 
     def __sub__(self, other: Any) -> "AbstractOperator":
-        other = _as_operator(other, "-", like=self)
-        fused = _try_fuse(self, other, -1)
-        return _Add(self, _Scale(other, -1)) if fused is None else fused
+        return _sum(self, _scale(_as_operator(other, "-", like=self), -1))
 
     def __rsub__(self, other: Any) -> "AbstractOperator":
-        return _as_operator(other, "-", like=self).__sub__(self)
+        return _sum(_as_operator(other, "-", like=self), _scale(self, -1))
 
     def __neg__(self) -> "AbstractOperator":
         return _scale(self, -1)
@@ -168,9 +164,13 @@ def _as_operator(
         return other
     if callable(other):
         # In a sum, the field takes the method of the named derivative it is added
-        # to, so that `D(f, method=m) + f` still fuses into one propagation.
-        fused = None if like is None else as_fused(like)
-        return Value(other) if fused is None else Value(other, method=fused.method)
+        # to (of its own field, if the sum has one), so that `D(f, method=m) + f`
+        # still fuses into one propagation.
+        candidates = [] if like is None else [as_fused(op) for op in _terms(like)]
+        candidates = [c for c in candidates if c is not None]
+        same = [c for c in candidates if c.field is other]
+        chosen = (same or candidates or [None])[0]
+        return Value(other) if chosen is None else Value(other, method=chosen.method)
     raise TypeError(
         f"`{symbol}` between an operator and {_describe(other)} is not defined: "
         "expected another operator or a field (a callable `f(x)` / `f(x, t)`)"
@@ -178,27 +178,36 @@ def _as_operator(
     )
 
 
-class _Add(AbstractOperator):
-    left: AbstractOperator
-    right: AbstractOperator
+class _Sum(AbstractOperator):
+    """A flat sum of terms. Terms on the same field object with the same method are
+    kept merged in one fused term, however the expression was bracketed."""
+
+    terms: tuple[AbstractOperator, ...]
 
     @property
     def stochastic(self) -> bool:
-        return self.left.stochastic or self.right.stochastic
+        return any(op.stochastic for op in self.terms)
 
     def _out_struct(self, x, t):
-        a = self.left._out_struct(x, t)
-        b = self.right._out_struct(x, t)
-        if a.shape != b.shape:
+        structs = [op._out_struct(x, t) for op in self.terms]
+        shapes = [s.shape for s in structs]
+        if any(s != shapes[0] for s in shapes):
             raise ValueError(
-                f"Cannot add operator results of per-sample shapes {a.shape} and "
-                f"{b.shape}; nothing is broadcast."
+                "Cannot add operator results of per-sample shapes "
+                f"{', '.join(map(str, shapes))}; nothing is broadcast."
             )
-        return jax.ShapeDtypeStruct(a.shape, jnp.result_type(a.dtype, b.dtype))
+        return jax.ShapeDtypeStruct(
+            shapes[0], jnp.result_type(*(s.dtype for s in structs))
+        )
 
     def _single(self, x, t, key):
-        kl, kr = (None, None) if key is None else jax.random.split(key)
-        return self.left._single(x, t, kl) + self.right._single(x, t, kr)
+        keys = (
+            [None] * len(self.terms)
+            if key is None
+            else jax.random.split(key, len(self.terms))
+        )
+        outs = [op._single(x, t, k) for op, k in zip(self.terms, keys)]
+        return sum(outs[1:], outs[0])
 
     def __call__(
         self,
@@ -275,6 +284,9 @@ class _Scale(AbstractOperator):
 def _scale(op: AbstractOperator, c: Any) -> AbstractOperator:
     from ._derivative import as_fused
 
+    if isinstance(op, _Sum):
+        # Distributed over the terms, so that the scaled terms can still fuse.
+        return _Sum(tuple(_scale(term, c) for term in op.terms))
     fused = as_fused(op)
     if fused is not None:
         return fused.scaled(c)
@@ -283,13 +295,27 @@ def _scale(op: AbstractOperator, c: Any) -> AbstractOperator:
     return _Scale(op, c)
 
 
-def _try_fuse(a: AbstractOperator, b: AbstractOperator, sign: int) -> Any:
+def _terms(op: AbstractOperator) -> tuple[AbstractOperator, ...]:
+    return op.terms if isinstance(op, _Sum) else (op,)
+
+
+def _sum(a: AbstractOperator, b: AbstractOperator) -> AbstractOperator:
+    """`a + b` as a flat sum, each term merged into an earlier one of the same field
+    and method where possible."""
     from ._derivative import as_fused
 
-    fa, fb = as_fused(a), as_fused(b)
-    if fa is None or fb is None:
-        return None
-    return fa.merged(fb if sign == 1 else fb.scaled(-1))
+    terms: list[AbstractOperator] = []
+    for op in _terms(a) + _terms(b):
+        new = as_fused(op)
+        for i, prev in enumerate(terms):
+            old = as_fused(prev)
+            merged = None if new is None or old is None else old.merged(new)
+            if merged is not None:
+                terms[i] = merged
+                break
+        else:
+            terms.append(op)
+    return terms[0] if len(terms) == 1 else _Sum(tuple(terms))
 
 
 __all__ = ["AbstractOperator", "check_field"]

@@ -213,6 +213,40 @@ def test_scaling_negation_and_plain_fields(getkey):
     )
 
 
+def test_fusion_does_not_depend_on_brackets(getkey):
+    # Score-model residual: dt s - c (graddiv s + grad phi). However it is bracketed,
+    # the terms on `s` end up in one fused term and `phi` in another.
+    s = closed_form("vector", 3, getkey())
+    phi = closed_form("scalar", 3, getkey())
+    x, t = batch_inputs(getkey(), (6,), 3, "column")
+    c = 0.7
+    td, gd = eqxderiv.TimeDerivative(s), eqxderiv.GradDiv(s)
+    grad = eqxderiv.Grad(phi)
+    ops = {
+        "bracketed": td - c * (gd + grad),
+        "flat": td - c * gd - c * grad,
+        "reordered": -(c * grad) + (td - c * gd),
+        "nested": (td + (grad + gd) * -c) / 2 + (eqxderiv.Value(s) - s),
+    }
+    for label, op in ops.items():
+        terms = getattr(op, "terms", (op,))
+        kinds = [type(term).__name__ for term in terms]
+        assert kinds == ["_Fused", "_Fused"], (label, kinds)
+        fields = {id(getattr(term, "field", None)) for term in terms}
+        assert fields == {id(s), id(phi)}, label
+    e = {
+        k: np.asarray(v)
+        for k, v in expected(("TimeDerivative", "GradDiv"), s, x, t).items()
+    }
+    g = np.asarray(expected(("Grad",), phi, x, t)["Grad"])
+    want = e["TimeDerivative"] - c * (e["GradDiv"] + g)
+    out = evaluate(ops, x, t)
+    assert_dicts_close(
+        out,
+        {"bracketed": want, "flat": want, "reordered": want, "nested": want / 2},
+    )
+
+
 def test_fusion_needs_the_same_field_object_and_method(getkey):
     f = closed_form("vector", 3, getkey())
     g = closed_form("vector", 3, getkey())
