@@ -106,7 +106,6 @@ class AbstractJetMethod(AbstractMethod):
         x: Array,
         t: Array | None,
         tx: Array,
-        tt: Array | None,
         w: Array,
         second: bool,
         contract: Array | None,
@@ -116,11 +115,11 @@ class AbstractJetMethod(AbstractMethod):
         `sum_k w_k <contract[k], tangents[k]>` when `contract` (`(K, m)`) is
         given, which gives the divergence for `contract = V`."""
 
-    def _chunked_jet(self, fn, x, t, tx, tt, w, second, contract):
+    def _chunked_jet(self, fn, x, t, tx, w, second, contract):
         k = tx.shape[0]
         c = self.chunk_size
         if c is None or k <= c:
-            return self.jet(fn, x, t, tx, tt, w, second, contract)
+            return self.jet(fn, x, t, tx, w, second, contract)
         # Bounded memory: propagate `c` directions at a time. Padding rows have
         # zero tangents and zero weight, so they add nothing.
         n = -(-k // c)
@@ -132,14 +131,13 @@ class AbstractJetMethod(AbstractMethod):
 
         args = (
             padded(tx),
-            None if tt is None else padded(tt),
             padded(w),
             None if contract is None else padded(contract),
         )
 
         def one(a):
-            cx, ct, cw, cc = a
-            return self.jet(fn, x, t, cx, ct, cw, second, cc)
+            cx, cw, cc = a
+            return self.jet(fn, x, t, cx, cw, second, cc)
 
         values, tangents, seconds, contracted = jax.lax.map(one, args)
         tangents = tangents.reshape((n * c,) + tangents.shape[2:])[:k]
@@ -177,7 +175,7 @@ class AbstractJetMethod(AbstractMethod):
                 # asked for: it needs m = d, which a Laplacian does not.
                 contract = V if with_div else None
                 value, T, S, c = self._chunked_jet(
-                    fn, x_, t, V, None, w, with_second, contract
+                    fn, x_, t, V, w, with_second, contract
                 )
                 out = {"value": value}
                 if with_div:
@@ -226,23 +224,20 @@ class AbstractJetMethod(AbstractMethod):
         return q
 
 
-def _forward_jet(fn, x, t, tx, tt, w, second, contract):
-    """Nested forward mode: one JVP (or JVP-of-JVP) per direction, vectorised."""
+def _forward_jet(fn, x, t, tx, w, second, contract):
+    """Nested forward mode: one JVP (or JVP-of-JVP) per direction, vectorised.
+    `t` (possibly None) is held fixed."""
+    g = lambda a: fn(a, t)
 
-    def one(vx, vt):
-        if tt is None:
-            # No time direction: `t` (possibly None) is held fixed.
-            g, primals, tangents = (lambda a: fn(a, t)), (x,), (vx,)
-        else:
-            g, primals, tangents = fn, (x, t), (vx, vt)
+    def one(v):
         if not second:
-            y, dy = jax.jvp(g, primals, tangents)
+            y, dy = jax.jvp(g, (x,), (v,))
             return y, dy, y
-        inner = lambda *p: jax.jvp(g, p, tangents)
-        (y, dy), (_, d2y) = jax.jvp(inner, primals, tangents)
+        inner = lambda a: jax.jvp(g, (a,), (v,))
+        (y, dy), (_, d2y) = jax.jvp(inner, (x,), (v,))
         return y, dy, d2y
 
-    y, dy, d2y = jax.vmap(one)(tx, tx if tt is None else tt)
+    y, dy, d2y = jax.vmap(one)(tx)
     s = jnp.tensordot(w, d2y, axes=1) if second else None
     c = None if contract is None else jnp.einsum("k,km,km->", w, contract, dy)
     return y[0], dy, s, c
@@ -279,8 +274,8 @@ class Forward(AbstractJetMethod):
     def directions(self, d, dtype, key):
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
 
-    def jet(self, fn, x, t, tx, tt, w, second, contract):
-        return _forward_jet(fn, x, t, tx, tt, w, second, contract)
+    def jet(self, fn, x, t, tx, w, second, contract):
+        return _forward_jet(fn, x, t, tx, w, second, contract)
 
 
 class Nested(AbstractMethod):

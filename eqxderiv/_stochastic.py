@@ -87,8 +87,8 @@ class Hutchinson(AbstractJetMethod):
             V = jax.random.normal(key, shape, dtype=dtype)
         return V, jnp.full((self.num_probes,), 1 / self.num_probes, dtype), False
 
-    def jet(self, fn, x, t, tx, tt, w, second, contract):
-        return taylor_jet(fn, x, t, tx, tt, w, second, contract)
+    def jet(self, fn, x, t, tx, w, second, contract):
+        return taylor_jet(fn, x, t, tx, w, second, contract)
 
 
 class SparseSampling(AbstractJetMethod):
@@ -121,5 +121,5 @@ class SparseSampling(AbstractJetMethod):
         V = jax.nn.one_hot(idx, d, dtype=dtype)
         return V, jnp.full((self.num_samples,), d / self.num_samples, dtype), False
 
-    def jet(self, fn, x, t, tx, tt, w, second, contract):
-        return taylor_jet(fn, x, t, tx, tt, w, second, contract)
+    def jet(self, fn, x, t, tx, w, second, contract):
+        return taylor_jet(fn, x, t, tx, w, second, contract)

@@ -8,15 +8,12 @@ import jax.numpy as jnp
 from ._method import AbstractJetMethod
 
 
-def taylor_jet(fn, x, t, tx, tt, w, second, contract):
-    """One collapsed pass: value, `K` tangents and `sum_k w_k D^2 f[v_k, v_k]`."""
+def taylor_jet(fn, x, t, tx, w, second, contract):
+    """One collapsed pass: value, `K` tangents and `sum_k w_k D^2 f[v_k, v_k]`;
+    `t` (possibly None) is held fixed."""
     from ._taylor import collapsed_jet
 
-    if tt is None:
-        # No time direction: `t` (possibly None) is held fixed.
-        g, primals, tangents = (lambda a: fn(a, t)), (x,), (tx,)
-    else:
-        g, primals, tangents = fn, (x, t), (tx, tt)
+    g, primals, tangents = (lambda a: fn(a, t)), (x,), (tx,)
     if contract is None:
         y, T, S = collapsed_jet(g, primals, tangents, w)
         c = None
@@ -64,5 +61,5 @@ class Taylor(AbstractJetMethod):
     def directions(self, d, dtype, key):
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
 
-    def jet(self, fn, x, t, tx, tt, w, second, contract):
-        return taylor_jet(fn, x, t, tx, tt, w, second, contract)
+    def jet(self, fn, x, t, tx, w, second, contract):
+        return taylor_jet(fn, x, t, tx, w, second, contract)
