@@ -12,13 +12,15 @@ temporaries, from `compiled.memory_analysis()`), and ratios against the anchors.
     python benchmarks/run.py                 # full run, writes docs/benchmarks/
     python benchmarks/run.py --quick         # a small smoke run (used by CI)
 
-The table is written to `<out>/<tag>.md` and the plot (time against d, log-log)
-to `<out>/<tag>.png`; `--tag gpu` on a GPU machine writes a second table beside
-the CPU one.
+The table is written to `<out>/<tag>.md`, the plot (time against d, log-log) to
+`<out>/<tag>.png` and the raw results to `<out>/<tag>.json` (`--render JSON`
+redraws the first two from it); `--tag gpu` on a GPU machine writes a second
+table beside the CPU one.
 """
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import statistics
@@ -357,15 +359,8 @@ def bars(results, model, d):
     return head + "\n" + "\n".join(checks)
 
 
-def plot(results, path, model):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    quantities = ["laplacian", "grad-div", "divergence"]
-    fig, axes = plt.subplots(1, len(quantities), figsize=(5 * len(quantities), 4))
-    for ax, q in zip(axes, quantities):
+def _curves(ax, results, model, quantities, title):
+    for q in quantities:
         names = []
         for r in results:
             if r.quantity == q and r.model == model and r.name not in names:
@@ -380,16 +375,60 @@ def plot(results, path, model):
                 and r.run_ms is not None
             )
             if pts:
-                ax.loglog(*zip(*pts), marker="o", label=name)
-        ax.set_xlabel("d")
-        ax.set_ylabel("median run time (ms)")
-        ax.set_title(q)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+                label = name if len(quantities) == 1 else f"{q}: {name}"
+                ax.loglog(*zip(*pts), marker="o", label=label)
+    ax.set_xlabel("d")
+    ax.set_ylabel("median run time (ms)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def plot(results, path, model):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (["laplacian"], "laplacian"),
+        (["grad-div"], "grad-div"),
+        (["divergence"], "divergence"),
+        (["stochastic laplacian", "stochastic divergence"], "stochastic, large d"),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for ax, (quantities, title) in zip(axes.flat, panels):
+        _curves(ax, results, model, quantities, title)
     fig.suptitle(f"{model}: time against d (log-log)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def render(data, out, tag):
+    """Writes `<out>/<tag>.md` and `<out>/<tag>.png` from the raw results."""
+    results = [Result(**r) for r in data["results"]]
+    text = "\n\n".join(
+        [
+            data["header"],
+            "### Bars\n\n"
+            + (
+                "(A `--quick` smoke run: the sizes are too small for these "
+                "ratios to mean anything; the bars are judged on a full run.)\n\n"
+                if data["quick"]
+                else ""
+            )
+            + bars(results, "seed net", data["bar_d"]),
+            "### All results\n\n" + table(results),
+            f"![time against d](./{tag}.png)",
+        ]
+    )
+    md = os.path.join(out, f"{tag}.md")
+    with open(md, "w") as f:
+        f.write(text + "\n")
+    plot(results, os.path.join(out, f"{tag}.png"), "seed net")
+    print(text)
+    print(f"\nwrote {md} and {tag}.png", file=sys.stderr)
 
 
 def main(argv=None):
@@ -431,7 +470,16 @@ def main(argv=None):
     p.add_argument(
         "--quick", action="store_true", help="a small, fast smoke run (for CI)"
     )
+    p.add_argument(
+        "--render",
+        metavar="JSON",
+        help="only redraw the table and plot from a previous run's <tag>.json",
+    )
     args = p.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            render(json.load(f), args.out, args.tag)
+        return 0
     if args.quick:
         args.ds, args.batch, args.width, args.repeats = [3, 8], 16, 16, 3
         args.heavy_repeats = 2
@@ -508,28 +556,17 @@ def main(argv=None):
         f"† marks a heavy contender (warm-up over {HEAVY_S} s or program over "
         f"{HEAVY_MB:.0f} MiB), timed on its own after the interleaved ones."
     )
-    bar_d = 32 if 32 in args.ds else args.ds[-1]
-    text = "\n\n".join(
-        [
-            header,
-            "### Bars\n\n"
-            + (
-                "(A `--quick` smoke run: the sizes are too small for these "
-                "ratios to mean anything; the bars are judged on a full run.)\n\n"
-                if args.quick
-                else ""
-            )
-            + bars(results, "seed net", bar_d),
-            "### All results\n\n" + table(results),
-            f"![time against d](./{args.tag}.png)",
-        ]
-    )
-    md = os.path.join(args.out, f"{args.tag}.md")
-    with open(md, "w") as f:
-        f.write(text + "\n")
-    plot(results, os.path.join(args.out, f"{args.tag}.png"), "seed net")
-    print(text)
-    print(f"\nwrote {md} and {args.tag}.png", file=sys.stderr)
+    data = {
+        "header": header,
+        "bar_d": 32 if 32 in args.ds else args.ds[-1],
+        "quick": args.quick,
+        "results": [dataclasses.asdict(r) for r in results],
+    }
+    raw = os.path.join(args.out, f"{args.tag}.json")
+    with open(raw, "w") as f:
+        json.dump(data, f, indent=1)
+    render(data, args.out, args.tag)
+    print(f"wrote {raw}", file=sys.stderr)
     # Anchors may run out of memory; eqxderiv's own contenders must not fail.
     ours = ("eqxderiv", "Hutchinson", "SparseSampling")
     eqx_failed = [r for r in results if r.run_ms is None and r.name.startswith(ours)]
