@@ -109,17 +109,20 @@ class AbstractJetMethod(AbstractMethod):
         w: Array,
         second: bool,
         contract: Array | None,
-    ) -> tuple[Array, Array, Array | None, Array | None]:
-        """Returns `(value (m,), tangents (K, m), second (m,) or None,
+        tangents: bool = True,
+    ) -> tuple[Array, Array | None, Array | None, Array | None]:
+        """Returns `(value (m,), tangents (K, m) or None, second (m,) or None,
         contraction () or None)`: the contraction is
         `sum_k w_k <contract[k], tangents[k]>` when `contract` (`(K, m)`) is
-        given, which gives the divergence for `contract = V`."""
+        given, which gives the divergence for `contract = V`. With
+        `tangents=False` the caller does not want the tangents, and a method may
+        return `None` for them."""
 
-    def _chunked_jet(self, fn, x, t, tx, w, second, contract):
+    def _chunked_jet(self, fn, x, t, tx, w, second, contract, tangents=True):
         k = tx.shape[0]
         c = self.chunk_size
         if c is None or k <= c:
-            return self.jet(fn, x, t, tx, w, second, contract)
+            return self.jet(fn, x, t, tx, w, second, contract, tangents)
         # Bounded memory: propagate `c` directions at a time. Padding rows have
         # zero tangents and zero weight, so they add nothing.
         n = -(-k // c)
@@ -137,13 +140,14 @@ class AbstractJetMethod(AbstractMethod):
 
         def one(a):
             cx, cw, cc = a
-            return self.jet(fn, x, t, cx, cw, second, cc)
+            return self.jet(fn, x, t, cx, cw, second, cc, tangents)
 
-        values, tangents, seconds, contracted = jax.lax.map(one, args)
-        tangents = tangents.reshape((n * c,) + tangents.shape[2:])[:k]
+        values, T, seconds, contracted = jax.lax.map(one, args)
+        if T is not None:
+            T = T.reshape((n * c,) + T.shape[2:])[:k]
         s = None if seconds is None else jnp.sum(seconds, axis=0)
         con = None if contracted is None else jnp.sum(contracted, axis=0)
-        return values[0], tangents, s, con
+        return values[0], T, s, con
 
     def compute(self, fn, x, t, needs, key):
         d = x.shape[0]
@@ -174,14 +178,17 @@ class AbstractJetMethod(AbstractMethod):
                 # sum_k w_k v_k . (J v_k): the trace for V = I, w = 1. Only when
                 # asked for: it needs m = d, which a Laplacian does not.
                 contract = V if with_div else None
+                # Without a divergence or Jacobian, only the second-order term is
+                # wanted, which a method may compute from fewer directions.
+                keep = with_div or want_jac or not with_second
                 value, T, S, c = self._chunked_jet(
-                    fn, x_, t, V, w, with_second, contract
+                    fn, x_, t, V, w, with_second, contract, keep
                 )
                 out = {"value": value}
                 if with_div:
                     assert c is not None
                     out["divergence"] = c
-                if exact:
+                if exact and T is not None:
                     out["jacobian"] = T.T
                 if S is not None:
                     out["laplacian"] = S
@@ -274,7 +281,7 @@ class Forward(AbstractJetMethod):
     def directions(self, d, dtype, key):
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
 
-    def jet(self, fn, x, t, tx, w, second, contract):
+    def jet(self, fn, x, t, tx, w, second, contract, tangents=True):
         return _forward_jet(fn, x, t, tx, w, second, contract)
 
 

@@ -87,7 +87,9 @@ class Hutchinson(AbstractJetMethod):
             V = jax.random.normal(key, shape, dtype=dtype)
         return V, jnp.full((self.num_probes,), 1 / self.num_probes, dtype), False
 
-    def jet(self, fn, x, t, tx, w, second, contract):
+    def jet(self, fn, x, t, tx, w, second, contract, tangents=True):
+        # Per-sample probes: compressing them would cost a factorisation per
+        # sample, so the tangents are always propagated as they are.
         return taylor_jet(fn, x, t, tx, w, second, contract)
 
 
@@ -121,5 +123,7 @@ class SparseSampling(AbstractJetMethod):
         V = jax.nn.one_hot(idx, d, dtype=dtype)
         return V, jnp.full((self.num_samples,), d / self.num_samples, dtype), False
 
-    def jet(self, fn, x, t, tx, w, second, contract):
+    def jet(self, fn, x, t, tx, w, second, contract, tangents=True):
+        # Per-sample probes: compressing them would cost a factorisation per
+        # sample, so the tangents are always propagated as they are.
         return taylor_jet(fn, x, t, tx, w, second, contract)

@@ -747,15 +747,26 @@ def _eval_jaxpr(
     consts: Sequence[Any],
     args: Sequence[_Jet],
     env: dict[core.Var, _Jet] | None = None,
+    compress: bool = False,
 ) -> list[_Jet]:
     env = {} if env is None else env
 
     def read(v: Any) -> _Jet:
         return _Jet(v.val, None, None) if isinstance(v, core.Literal) else env[v]
 
+    last_use: dict[core.Var, int] = {}
+    if compress:
+        for i, eqn in enumerate(jaxpr.eqns):
+            for v in eqn.invars:
+                if not isinstance(v, core.Literal):
+                    last_use[v] = i
+        for v in jaxpr.outvars:
+            if not isinstance(v, core.Literal):
+                last_use[v] = len(jaxpr.eqns)
+
     env.update(zip(jaxpr.constvars, _consts(consts)))
     env.update(zip(jaxpr.invars, args))
-    for eqn in jaxpr.eqns:
+    for i, eqn in enumerate(jaxpr.eqns):
         jets = [read(v) for v in eqn.invars]
         with eqn.ctx.manager:
             if all(j.tangent is None for j in jets):
@@ -764,7 +775,46 @@ def _eval_jaxpr(
             else:
                 outs = _lookup(eqn.primitive)(ctx, eqn, jets)
         env.update(zip(eqn.outvars, outs))
+        if compress and len(eqn.outvars) == 1 and _narrows(ctx, outs[0]):
+            (var,) = eqn.outvars
+            live = (u for u, last in last_use.items() if last > i and u is not var)
+            if all(u not in env or env[u].tangent is None for u in live):
+                env[var], ctx = _compressed(ctx, outs[0])
+                compress = False
     return [read(v) for v in jaxpr.outvars]
+
+
+def _narrows(ctx: _Ctx, jet: _Jet) -> bool:
+    """Whether `jet` has fewer entries than there are directions, while still an
+    affine function of the inputs (so its tangents are typically the same for
+    every sample)."""
+    t = jet.tangent
+    if t is None or jet.second is not None or not _is_float(t):
+        return False
+    return math.prod(t.shape[1:]) < t.shape[0]
+
+
+def _compressed(ctx: _Ctx, jet: _Jet) -> tuple[_Jet, _Ctx]:
+    """Replaces the K tangents `T` of `jet` (weights `w >= 0`) by `n < K` ones `R`
+    with the same weighted second moment, `R^T R = T^T diag(w) T`, and unit
+    weights.
+
+    Every later second-order term depends on the tangents only through that
+    moment (`J (sum_k w_k T_k T_k^T) J^T` at each step), so when nothing else that
+    carries a tangent is still needed, the rest of the pass is exact with `n`
+    directions instead of `K`. `R` is the triangular factor of a QR
+    decomposition of `diag(sqrt(w)) T`: exact derivatives of every order as long
+    as `T` has full column rank (a first layer whose weights for the inputs have
+    full rank).
+    """
+    assert jet.tangent is not None
+    t = jet.tangent
+    k, shape = t.shape[0], t.shape[1:]
+    n = math.prod(shape)
+    w = jnp.sqrt(jnp.maximum(ctx.weights.astype(t.dtype), 0))
+    r = jnp.linalg.qr(w[:, None] * t.reshape(k, n), mode="r")
+    new = _Jet(jet.primal, r.reshape((n, *shape)), jet.second)
+    return new, _Ctx(jnp.ones((n,), ctx.weights.dtype))
 
 
 # Ops through which the output can depend linearly on one tangent-carrying operand.
@@ -833,7 +883,8 @@ def collapsed_jet(
     tangents: tuple[Float[ArrayLike, "K ..."] | None, ...],
     weights: Shaped[ArrayLike, " K"],
     contract: Float[ArrayLike, "K ..."] | None = None,
-) -> tuple[Array, ...]:
+    compress: bool = False,
+) -> tuple[Any, ...]:
     """Collapsed second-order Taylor-mode evaluation of `fn` at `primals`.
 
     **Arguments:**
@@ -861,6 +912,13 @@ def collapsed_jet(
     `contract` the input directions themselves this is the divergence (or its
     Hutchinson estimate). It is computed before the field's last linear layer
     when there is one, which saves that layer's tangent product per sample.
+
+    With `compress=True` (only for `weights >= 0`, without `contract`) only the
+    value and `out_second` are wanted and `out_tangents` is returned as `None`:
+    where the computation narrows to one intermediate with `n < K` entries (a
+    first layer narrower than the input), the K directions are replaced there by
+    `n` with the same weighted second moment, which leaves `out_second` exact
+    and makes the rest of the pass cost `n` directions instead of `K`.
 
     Works under `jax.jit`, `jax.vmap` and reverse-mode autodiff (also with respect to
     arrays that `fn` closes over). A primitive without a dedicated rule is evaluated
@@ -897,11 +955,17 @@ def collapsed_jet(
         raise ValueError(
             f"fn must return a single array; got {len(closed.jaxpr.outvars)} outputs"
         )
+    if compress and contract is not None:
+        raise ValueError("compress=True does not go with a contraction")
     env: dict[core.Var, _Jet] = {}
-    (out,) = _eval_jaxpr(_Ctx(weights), closed.jaxpr, closed.consts, args, env)
+    (out,) = _eval_jaxpr(
+        _Ctx(weights), closed.jaxpr, closed.consts, args, env, compress
+    )
     y = jnp.asarray(out.primal)
-    t = jnp.zeros((num, *y.shape), y.dtype) if out.tangent is None else out.tangent
     s = jnp.zeros(y.shape, y.dtype) if out.second is None else out.second
+    if compress:
+        return y, None, s
+    t = jnp.zeros((num, *y.shape), y.dtype) if out.tangent is None else out.tangent
     if contract is None:
         return y, t, s
     return y, t, s, _contract(closed.jaxpr, env, t, weights, jnp.asarray(contract))

@@ -8,14 +8,15 @@ import jax.numpy as jnp
 from ._method import AbstractJetMethod
 
 
-def taylor_jet(fn, x, t, tx, w, second, contract):
+def taylor_jet(fn, x, t, tx, w, second, contract, compress=False):
     """One collapsed pass: value, `K` tangents and `sum_k w_k D^2 f[v_k, v_k]`;
-    `t` (possibly None) is held fixed."""
+    `t` (possibly None) is held fixed. With `compress`, the tangents are not
+    returned and the second-order term may be computed from fewer directions."""
     from ._taylor import collapsed_jet
 
     g, primals, tangents = (lambda a: fn(a, t)), (x,), (tx,)
     if contract is None:
-        y, T, S = collapsed_jet(g, primals, tangents, w)
+        y, T, S = collapsed_jet(g, primals, tangents, w, compress=compress)
         c = None
     else:
         y, T, S, c = collapsed_jet(g, primals, tangents, w, contract)
@@ -40,17 +41,34 @@ class Taylor(AbstractJetMethod):
     one-time warning. The gradient of the divergence is reverse mode over this
     forward pass, never reverse-over-reverse.
 
+    For a Laplacian alone (no Jacobian or divergence from the same pass), once the
+    computation narrows to an intermediate of $n < d$ entries that everything
+    later depends on (the first layer of a network of width $n$), the $d$
+    directions are replaced there by $n$ with the same second moment: the
+    Laplacian only depends on $\\sum_k T_k T_k^\\top$, which a QR factor of the
+    $(d, n)$ tangents reproduces. The rest of the pass then costs $n$ directions
+    instead of $d$; since the directions are the same for every sample, the
+    factorisation happens once per batch.
+
     **Arguments:**
 
     - `chunk_size`: propagate at most this many input directions at a time, to
         bound memory for large `d` (the value is recomputed per chunk). `None`
         propagates all directions at once.
+    - `compress`: allow the compression above (default `True`). Values and
+        derivatives of every order agree either way, except where the first
+        layer's weights for the inputs are rank-deficient (say, whole rows set to
+        zero): the factorisation then has no derivative, and gradients with
+        respect to those weights come out as NaN. Pass `False` for such a field.
     """
 
     chunk_size: int | None = eqx.field(default=None, static=True)
+    compress: bool = eqx.field(default=True, static=True)
     stochastic: ClassVar[bool] = False
 
     def __check_init__(self):
+        if not isinstance(self.compress, bool):
+            raise ValueError(f"`compress` must be a bool; got {self.compress!r}.")
         if self.chunk_size is not None and (
             not isinstance(self.chunk_size, int) or self.chunk_size < 1
         ):
@@ -61,5 +79,8 @@ class Taylor(AbstractJetMethod):
     def directions(self, d, dtype, key):
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
 
-    def jet(self, fn, x, t, tx, w, second, contract):
-        return taylor_jet(fn, x, t, tx, w, second, contract)
+    def jet(self, fn, x, t, tx, w, second, contract, tangents=True):
+        # The coordinate directions are the same for every sample, so a first
+        # layer narrower than the input compresses them once per batch.
+        compress = self.compress and second and not tangents and contract is None
+        return taylor_jet(fn, x, t, tx, w, second, contract, compress)

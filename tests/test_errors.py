@@ -370,3 +370,8 @@ def test_jit_compatible_errors():
     op = eqxderiv.Laplacian(F)
     with pytest.raises(TypeError, match="same dtype"):
         jax.jit(lambda x, t: op(x, t))(X, T.astype(jnp.float32))
+
+
+def test_taylor_compress_must_be_a_bool(no_typecheck):
+    with pytest.raises(ValueError, match=r"`compress` must be a bool; got 'yes'"):
+        eqxderiv.Taylor(compress="yes")  # pyright: ignore
