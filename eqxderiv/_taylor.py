@@ -748,7 +748,10 @@ def _eval_jaxpr(
     args: Sequence[_Jet],
     env: dict[core.Var, _Jet] | None = None,
     compress: bool = False,
+    start: int = 0,
 ) -> list[_Jet]:
+    """Evaluates `jaxpr` on jets. With `start > 0`, `env` already holds the inputs
+    and the outputs of the first `start` equations, which are skipped."""
     env = {} if env is None else env
 
     def read(v: Any) -> _Jet:
@@ -764,9 +767,12 @@ def _eval_jaxpr(
             if not isinstance(v, core.Literal):
                 last_use[v] = len(jaxpr.eqns)
 
-    env.update(zip(jaxpr.constvars, _consts(consts)))
-    env.update(zip(jaxpr.invars, args))
+    if start == 0:
+        env.update(zip(jaxpr.constvars, _consts(consts)))
+        env.update(zip(jaxpr.invars, args))
     for i, eqn in enumerate(jaxpr.eqns):
+        if i < start:
+            continue
         jets = [read(v) for v in eqn.invars]
         with eqn.ctx.manager:
             if all(j.tangent is None for j in jets):
@@ -877,6 +883,114 @@ def _linear_tail(
     return var, linear
 
 
+# Primitives that are affine in their operands that depend on the input (for `mul`
+# and `dot_general`: when only one operand does; for `pad`: the operand, not the
+# padding value).
+_AFFINE = {
+    "reshape",
+    "broadcast_in_dim",
+    "transpose",
+    "squeeze",
+    "slice",
+    "rev",
+    "concatenate",
+    "pad",
+    "convert_element_type",
+    "copy",
+    "neg",
+    "add",
+    "sub",
+    "add_any",
+    "reduce_sum",
+    "mul",
+    "dot_general",
+}
+
+
+def _identity_bottleneck(jaxpr: core.Jaxpr, x: core.Var, d: int) -> int | None:
+    """The index of the first equation whose single output `z` is affine in the
+    input `x` (shape `(d,)`), has fewer than `d` entries, and is, once computed,
+    the only value still needed that depends on `x`; `None` if there is none
+    before the first non-affine step."""
+    last_use: dict[Any, int] = {}
+    for i, eqn in enumerate(jaxpr.eqns):
+        for v in eqn.invars:
+            if not isinstance(v, core.Literal):
+                last_use[v] = i
+    for v in jaxpr.outvars:
+        if not isinstance(v, core.Literal):
+            last_use[v] = len(jaxpr.eqns)
+    dep = {x}
+    for i, eqn in enumerate(jaxpr.eqns):
+        ins = [
+            j
+            for j, v in enumerate(eqn.invars)
+            if not isinstance(v, core.Literal) and v in dep
+        ]
+        if not ins:
+            continue
+        name = eqn.primitive.name
+        if name not in _AFFINE or len(eqn.outvars) != 1:
+            return None
+        if name in ("mul", "dot_general") and len(ins) != 1:
+            return None
+        if name == "pad" and ins != [0]:
+            return None
+        (z,) = eqn.outvars
+        dep.add(z)
+        shape, dtype = getattr(z.aval, "shape", None), getattr(z.aval, "dtype", None)
+        if shape is None or dtype is None:
+            return None
+        if math.prod(shape) < d and jnp.issubdtype(dtype, jnp.inexact):
+            if not any(v is not z and last_use.get(v, -1) > i for v in dep):
+                return i
+    return None
+
+
+def _identity_compressed(
+    closed: core.ClosedJaxpr, primals: tuple[Array, ...], index: int
+) -> tuple[Array, Array] | None:
+    """`(out, out_second)` for the coordinate directions of `primals[index]` with
+    unit weights, when the computation narrows to an intermediate `z` affine in
+    that input (see `_identity_bottleneck`). The tangents of `z` along the d
+    coordinate directions are the rows of its `(n, d)` Jacobian, computed by
+    reverse mode (n passes) instead of pushing an identity matrix through, then
+    compressed to `n` rows as in `_compressed`."""
+    jaxpr = closed.jaxpr
+    x = primals[index]
+    if x.ndim != 1:
+        return None
+    d = x.shape[0]
+    i = _identity_bottleneck(jaxpr, jaxpr.invars[index], d)
+    if i is None:
+        return None
+    (z,) = jaxpr.eqns[i].outvars
+
+    def prefix(xv: Array) -> dict[Any, Any]:
+        values: dict[Any, Any] = dict(zip(jaxpr.constvars, closed.consts))
+        values.update(zip(jaxpr.invars, primals))
+        values[jaxpr.invars[index]] = xv
+        read = lambda v: v.val if isinstance(v, core.Literal) else values[v]
+        for eqn in jaxpr.eqns[: i + 1]:
+            with eqn.ctx.manager:
+                outs = _bind(eqn, [read(v) for v in eqn.invars])
+            values.update(zip(eqn.outvars, outs))
+        return values
+
+    values = prefix(x)
+    zv = jnp.asarray(values[z])
+    jac = jax.jacrev(lambda xv: prefix(xv)[z])(x)  # (*z.shape, d)
+    n = zv.size
+    tangents = jnp.moveaxis(jac.reshape(n, d), 1, 0)  # (d, n)
+    r = jnp.linalg.qr(tangents, mode="r")
+    env: dict[core.Var, _Jet] = {v: _Jet(val, None, None) for v, val in values.items()}
+    env[z] = _Jet(zv, r.reshape((n, *zv.shape)), None)
+    ctx = _Ctx(jnp.ones((n,), zv.dtype))
+    (out,) = _eval_jaxpr(ctx, jaxpr, closed.consts, (), env, start=i + 1)
+    y = jnp.asarray(out.primal)
+    return y, jnp.zeros(y.shape, y.dtype) if out.second is None else out.second
+
+
 def collapsed_jet(
     fn: Callable[..., Array],
     primals: tuple[ArrayLike, ...],
@@ -884,6 +998,7 @@ def collapsed_jet(
     weights: Shaped[ArrayLike, " K"],
     contract: Float[ArrayLike, "K ..."] | None = None,
     compress: bool = False,
+    identity: bool = False,
 ) -> tuple[Any, ...]:
     """Collapsed second-order Taylor-mode evaluation of `fn` at `primals`.
 
@@ -919,6 +1034,10 @@ def collapsed_jet(
     first layer narrower than the input), the K directions are replaced there by
     `n` with the same weighted second moment, which leaves `out_second` exact
     and makes the rest of the pass cost `n` directions instead of `K`.
+    `identity=True` (with `compress`) promises that the one input with a tangent
+    is a vector of size `K`, its tangents the identity matrix and the weights
+    all one: the narrowing intermediate's tangents then come from its Jacobian by
+    reverse mode, and the identity matrix is never used.
 
     Works under `jax.jit`, `jax.vmap` and reverse-mode autodiff (also with respect to
     arrays that `fn` closes over). A primitive without a dedicated rule is evaluated
@@ -957,6 +1076,13 @@ def collapsed_jet(
         )
     if compress and contract is not None:
         raise ValueError("compress=True does not go with a contraction")
+    if identity:
+        live = [i for i, t in enumerate(tangents) if t is not None]
+        if not compress or len(live) != 1:
+            raise ValueError("identity=True needs compress=True and one tangent input")
+        found = _identity_compressed(closed, primals, live[0])
+        if found is not None:
+            return found[0], None, found[1]
     env: dict[core.Var, _Jet] = {}
     (out,) = _eval_jaxpr(
         _Ctx(weights), closed.jaxpr, closed.consts, args, env, compress

@@ -493,8 +493,26 @@ def _space_time_field(x):
     return make_mlp(_D + 1, _D, jnp.tanh, 6)(jnp.concatenate([x, jnp.ones(1) * 0.3]))
 
 
+_K1 = np.random.default_rng(12).normal(size=(_D, 5)) / 3
+_K2 = np.random.default_rng(13).normal(size=(5, 2))
+
+
+def _kernel_layout_field(x):
+    # Flax's layout, `x @ kernel`, with the input scaled and shifted first (still
+    # affine in x) and two branches of x merged before the narrow layer.
+    u = 0.5 * x[::-1] + 1.0
+    return jnp.tanh((u @ _K1 + x @ _K1) * 0.7 - 0.1) @ _K2
+
+
+def _nonlinear_first_field(x):
+    # A nonlinearity before the first narrow layer: nothing affine narrows first.
+    return jnp.tanh(jnp.sin(x) @ _K1) @ _K2
+
+
 _COMPRESS_FIELDS = {
     "tanh mlp": make_mlp(_D, 3, jnp.tanh, 1),
+    "x @ kernel layout": _kernel_layout_field,
+    "nonlinear first": _nonlinear_first_field,
     "softplus mlp (custom_jvp)": make_mlp(_D, 2, jax.nn.softplus, 2),
     "space-time mlp": _space_time_field,
     "skip connection": _skip_field,
@@ -502,26 +520,43 @@ _COMPRESS_FIELDS = {
 
 
 @pytest.mark.parametrize("name", sorted(_COMPRESS_FIELDS))
-@pytest.mark.parametrize("weights", ["unit", "positive"])
+@pytest.mark.parametrize("weights", ["unit", "positive", "identity"])
 def test_compressed_second_order_term(name, weights):
+    # "identity": unit weights, and the narrow layer's tangents taken from its
+    # Jacobian by reverse mode instead of pushing the identity matrix through.
     fn = _COMPRESS_FIELDS[name]
     x = jnp.asarray(np.random.default_rng(3).normal(size=_D))
     rng = np.random.default_rng(4)
-    w = jnp.ones(_D) if weights == "unit" else jnp.asarray(rng.uniform(0.1, 2, _D))
+    w = jnp.asarray(rng.uniform(0.1, 2, _D)) if weights == "positive" else jnp.ones(_D)
     V = jnp.eye(_D)
+    identity = weights == "identity"
 
     @quick_jit
     def both(x):
-        return collapsed_jet(fn, (x,), (V,), w, compress=True), oracle(
-            fn, (x,), (V,), w
-        )
+        ours = collapsed_jet(fn, (x,), (V,), w, compress=True, identity=identity)
+        return ours, oracle(fn, (x,), (V,), w)
 
     (y, t, s), (y_ref, _, s_ref) = both(x)
     assert t is None
     assert_close(y, y_ref)
     assert_close(s, s_ref)
-    if weights == "unit":
+    if weights != "positive":
         assert_close(s, laplacian(fn, x))
+
+
+def test_identity_path_is_taken():
+    # Which fields narrow affinely (and where): the reverse-mode path applies to
+    # the first three, not to the skip connection or a nonlinearity first.
+    for name, found in [
+        ("tanh mlp", True),
+        ("x @ kernel layout", True),
+        ("space-time mlp", True),
+        ("skip connection", False),
+        ("nonlinear first", False),
+    ]:
+        closed = jax.make_jaxpr(_COMPRESS_FIELDS[name])(jnp.zeros(_D))
+        at = _taylor._identity_bottleneck(closed.jaxpr, closed.jaxpr.invars[0], _D)
+        assert (at is not None) == found, name
 
 
 def _flops(fn, *args):
@@ -583,3 +618,5 @@ def test_compress_with_a_contraction_is_an_error():
     eye = jnp.eye(4)
     with pytest.raises(ValueError, match="compress=True does not go with"):
         collapsed_jet(jnp.sin, (X,), (eye,), jnp.ones(4), eye, compress=True)
+    with pytest.raises(ValueError, match="identity=True needs compress=True"):
+        collapsed_jet(jnp.sin, (X,), (eye,), jnp.ones(4), identity=True)
