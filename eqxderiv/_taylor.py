@@ -741,6 +741,20 @@ def _lookup(prim: core.Primitive) -> Rule:
     return _RULES.get(prim.name, _fallback)
 
 
+def _last_use(jaxpr: core.Jaxpr) -> dict[Any, int]:
+    """For each variable, the index of the last equation that reads it
+    (`len(jaxpr.eqns)` for an output)."""
+    last: dict[Any, int] = {}
+    for i, eqn in enumerate(jaxpr.eqns):
+        for v in eqn.invars:
+            if not isinstance(v, core.Literal):
+                last[v] = i
+    for v in jaxpr.outvars:
+        if not isinstance(v, core.Literal):
+            last[v] = len(jaxpr.eqns)
+    return last
+
+
 def _eval_jaxpr(
     ctx: _Ctx,
     jaxpr: core.Jaxpr,
@@ -757,16 +771,7 @@ def _eval_jaxpr(
     def read(v: Any) -> _Jet:
         return _Jet(v.val, None, None) if isinstance(v, core.Literal) else env[v]
 
-    last_use: dict[core.Var, int] = {}
-    if compress:
-        for i, eqn in enumerate(jaxpr.eqns):
-            for v in eqn.invars:
-                if not isinstance(v, core.Literal):
-                    last_use[v] = i
-        for v in jaxpr.outvars:
-            if not isinstance(v, core.Literal):
-                last_use[v] = len(jaxpr.eqns)
-
+    last_use = _last_use(jaxpr) if compress else {}
     if start == 0:
         env.update(zip(jaxpr.constvars, _consts(consts)))
         env.update(zip(jaxpr.invars, args))
@@ -912,14 +917,7 @@ def _identity_bottleneck(jaxpr: core.Jaxpr, x: core.Var, d: int) -> int | None:
     input `x` (shape `(d,)`), has fewer than `d` entries, and is, once computed,
     the only value still needed that depends on `x`; `None` if there is none
     before the first non-affine step."""
-    last_use: dict[Any, int] = {}
-    for i, eqn in enumerate(jaxpr.eqns):
-        for v in eqn.invars:
-            if not isinstance(v, core.Literal):
-                last_use[v] = i
-    for v in jaxpr.outvars:
-        if not isinstance(v, core.Literal):
-            last_use[v] = len(jaxpr.eqns)
+    last_use = _last_use(jaxpr)
     dep = {x}
     for i, eqn in enumerate(jaxpr.eqns):
         ins = [
