@@ -2,6 +2,14 @@
 
 import importlib.metadata
 
+# Rule modules register their rules into the engine when imported.
+from . import (
+    _rules_array as _rules_array,
+    _rules_control as _rules_control,
+    _rules_custom as _rules_custom,
+    _rules_elementwise as _rules_elementwise,
+    _rules_linalg as _rules_linalg,
+)
 from ._curl import Advection as Advection, Curl as Curl
 from ._custom_types import (
     Field as Field,

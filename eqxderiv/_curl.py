@@ -4,7 +4,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._custom_types import Field, SpaceLike, TimeLike
+from ._custom_types import ChunkSize, Field, SpaceLike, TimeLike
 from ._derivative import AbstractDerivative
 from ._divergence import need_square
 from ._method import AbstractMethod, as_method
@@ -54,7 +54,7 @@ class Curl(AbstractDerivative):
         t: TimeLike | None = None,
         *,
         key: PRNGKeyArray | None = None,
-        chunk_size: int | None = None,
+        chunk_size: ChunkSize = None,
     ) -> Float[Array, "*batch 3"] | Float[Array, "*batch"]:
         return self._apply(x, t, key, chunk_size)
 
@@ -97,6 +97,6 @@ class Advection(AbstractDerivative):
         t: TimeLike | None = None,
         *,
         key: PRNGKeyArray | None = None,
-        chunk_size: int | None = None,
+        chunk_size: ChunkSize = None,
     ) -> Float[Array, "*batch d"]:
         return self._apply(x, t, key, chunk_size)

@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 
@@ -24,6 +25,10 @@ FieldValue: TypeAlias = Float[Array, "..."]
 FieldJacobian: TypeAlias = Float[Array, "*batch_out d"]
 
 Key: TypeAlias = PRNGKeyArray
+
+# The `chunk_size=` of a call: any integer (a NumPy one too; it is converted to a
+# Python int), or `None` for no chunking.
+ChunkSize: TypeAlias = int | np.integer | None
 
 __all__ = [
     "Array",

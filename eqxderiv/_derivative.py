@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._custom_types import Field, SpaceLike, TimeLike
-from ._method import AbstractMethod
+from ._custom_types import ChunkSize, Field, SpaceLike, TimeLike
+from ._method import AbstractMethod, needs_key
 from ._misc import call_field, check_field, field_output
 from ._operator import AbstractOperator
 
@@ -31,14 +31,20 @@ def _out_shape(field: Field, x: Array, t: Array | None) -> tuple[int, ...]:
     return field_output(field, struct(x), struct(t)).shape
 
 
-def _split(key: Any, field: Any) -> tuple[Any, Any]:
+def _split(key: Any, field: Any, method: AbstractMethod) -> tuple[Any, Any]:
     """Splits the key between the wrapped field (if stochastic) and the method."""
     if key is None:
-        return None, None
-    if isinstance(field, AbstractOperator) and field.stochastic:
+        inner, outer = None, None
+    elif isinstance(field, AbstractOperator) and field.stochastic:
         inner, outer = jax.random.split(key)
-        return inner, outer
-    return None, key
+    else:
+        inner, outer = None, key
+    if outer is None and method.stochastic:
+        # Only reached for quantities the method computes exactly (the others
+        # need a key, see `needs_key`), but `compute` draws its directions before
+        # it looks at what is needed: any fixed key gives the same result.
+        outer = jax.random.key(0)
+    return inner, outer
 
 
 class AbstractDerivative(AbstractOperator):
@@ -72,7 +78,7 @@ class AbstractDerivative(AbstractOperator):
     @property
     def stochastic(self) -> bool:
         inner = isinstance(self.field, AbstractOperator) and self.field.stochastic
-        return inner or self.method.stochastic
+        return inner or needs_key(self.method, type(self).needs)
 
     def _out_struct(self, x, t):
         out = field_output(self.field, x, t)
@@ -80,7 +86,7 @@ class AbstractDerivative(AbstractOperator):
         return jax.ShapeDtypeStruct(shape, out.dtype)
 
     def _single(self, x, t, key):
-        inner, outer = _split(key, self.field)
+        inner, outer = _split(key, self.field, self.method)
         fn = _flat_field(self.field, inner)
         out = _out_shape(self.field, x, t)
         q = self.method.compute(fn, x, t, type(self).needs, outer)
@@ -98,7 +104,8 @@ class _Fused(AbstractOperator):
     @property
     def stochastic(self) -> bool:
         inner = isinstance(self.field, AbstractOperator) and self.field.stochastic
-        return inner or self.method.stochastic
+        needs = frozenset().union(*(k.needs for k in self.kinds))
+        return inner or needs_key(self.method, needs)
 
     def _out_struct(self, x, t):
         out = field_output(self.field, x, t)
@@ -113,7 +120,7 @@ class _Fused(AbstractOperator):
         return jax.ShapeDtypeStruct(shapes[0], out.dtype)
 
     def _single(self, x, t, key):
-        inner, outer = _split(key, self.field)
+        inner, outer = _split(key, self.field, self.method)
         fn = _flat_field(self.field, inner)
         out = _out_shape(self.field, x, t)
         needs = frozenset().union(*(k.needs for k in self.kinds))
@@ -143,7 +150,7 @@ class _Fused(AbstractOperator):
         t: TimeLike | None = None,
         *,
         key: PRNGKeyArray | None = None,
-        chunk_size: int | None = None,
+        chunk_size: ChunkSize = None,
     ) -> Float[Array, "..."]:
         return self._apply(x, t, key, chunk_size)
 

@@ -3,11 +3,11 @@ from typing import Any
 
 from jaxtyping import Array, PRNGKeyArray
 
-from ._custom_types import Field, SpaceLike, TimeLike
+from ._custom_types import ChunkSize, Field, SpaceLike, TimeLike
 from ._derivative import AbstractDerivative, _flat_field, _out_shape, _split
 from ._divergence import GradDiv
 from ._jacobian import Jacobian
-from ._method import as_method
+from ._method import as_method, needs_key
 from ._misc import (
     check_chunk_size,
     check_field,
@@ -32,7 +32,7 @@ def derivatives(
     *,
     method: Any = "auto",
     key: PRNGKeyArray | None = None,
-    chunk_size: int | None = None,
+    chunk_size: ChunkSize = None,
 ) -> tuple[Array, ...]:
     """Several derivatives of one field from one shared propagation.
 
@@ -72,8 +72,9 @@ def derivatives(
             )
     method = as_method(method)
     x, t, batch = check_inputs(x, t)
-    check_chunk_size(chunk_size)
-    stochastic = method.stochastic or (
+    chunk_size = check_chunk_size(chunk_size)
+    needs = frozenset().union(*(k.needs for k in kinds))
+    stochastic = needs_key(method, needs) or (
         isinstance(field, AbstractOperator) and field.stochastic
     )
     _check_key(key, stochastic, "derivatives")
@@ -81,10 +82,9 @@ def derivatives(
     out = field_output(field, xs, ts)
     for k in kinds:
         k.result_shape(out.shape, xs.shape[-1], ts is not None)
-    needs = frozenset().union(*(k.needs for k in kinds))
 
     def single(x_, t_, key_):
-        inner, outer = _split(key_, field)
+        inner, outer = _split(key_, field, method)
         shape = _out_shape(field, x_, t_)
         q = method.compute(_flat_field(field, inner), x_, t_, needs, outer)
         return tuple(k.assemble(q, shape, x_.shape[-1]) for k in kinds)

@@ -3,7 +3,7 @@ from typing import ClassVar
 import equinox as eqx
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._custom_types import Field, SpaceLike, TimeLike
+from ._custom_types import ChunkSize, Field, SpaceLike, TimeLike
 from ._derivative import AbstractDerivative
 from ._method import AbstractMethod, as_method
 
@@ -55,7 +55,7 @@ class Jacobian(AbstractDerivative):
         t: TimeLike | None = None,
         *,
         key: PRNGKeyArray | None = None,
-        chunk_size: int | None = None,
+        chunk_size: ChunkSize = None,
     ) -> Float[Array, "*batch_out d"]:
         return self._apply(x, t, key, chunk_size)
 
@@ -96,7 +96,7 @@ class Grad(AbstractDerivative):
         t: TimeLike | None = None,
         *,
         key: PRNGKeyArray | None = None,
-        chunk_size: int | None = None,
+        chunk_size: ChunkSize = None,
     ) -> Float[Array, "*batch d"]:
         return self._apply(x, t, key, chunk_size)
 
@@ -135,6 +135,6 @@ class Hessian(AbstractDerivative):
         t: TimeLike | None = None,
         *,
         key: PRNGKeyArray | None = None,
-        chunk_size: int | None = None,
+        chunk_size: ChunkSize = None,
     ) -> Float[Array, "*batch d d"]:
         return self._apply(x, t, key, chunk_size)

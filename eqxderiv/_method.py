@@ -27,6 +27,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._misc import as_int, check_count
+from ._program import trace_field
+
 
 Fn = Callable[[Array, Array | None], Array]
 
@@ -46,14 +49,30 @@ class AbstractMethod(eqx.Module):
         """Computes every quantity in `needs` at one sample."""
 
 
+# The quantities a stochastic method estimates from its random directions. It
+# computes every other one exactly (see `AbstractJetMethod.compute`), so an
+# operator that needs none of these needs no key.
+ESTIMATED = frozenset({"divergence", "laplacian", "graddiv"})
+
+
+def needs_key(method: AbstractMethod, needs: frozenset[str]) -> bool:
+    """Whether computing `needs` with `method` draws random numbers."""
+    return method.stochastic and bool(needs & ESTIMATED)
+
+
 def _call(fn: Fn, t: Array | None) -> Callable[[Array], Array]:
     return lambda x: fn(x, t)
 
 
-def exact_jacobian(fn: Fn, x: Array, t: Array | None) -> tuple[Array, Array]:
-    """Value and Jacobian `(m, d)`: forward tangents when `d <= m`, else reverse
-    cotangents, whichever needs fewer passes."""
+def exact_jacobian(
+    fn: Fn, x: Array, t: Array | None, reverse: bool = True
+) -> tuple[Array, Array]:
+    """Value and Jacobian `(m, d)`: forward tangents when `d <= m` (or when
+    reverse mode does not apply, `reverse=False`), else reverse cotangents,
+    whichever needs fewer passes."""
     g = _call(fn, t)
+    if not reverse:
+        return g(x), jax.jacfwd(g)(x)
     value, vjp = jax.vjp(g, x)
     m, d = value.shape[0], x.shape[0]
     if d <= m:
@@ -69,9 +88,11 @@ def time_derivative(fn: Fn, x: Array, t: Array) -> tuple[Array, Array]:
     return jax.jvp(lambda s: fn(x, s), (t,), (jnp.ones_like(t),))
 
 
-def hessian(fn: Fn, x: Array, t: Array | None) -> Array:
-    # Forward-over-reverse: d forward passes over one reverse pass.
-    return jax.jacfwd(jax.jacrev(_call(fn, t)))(x)
+def hessian(fn: Fn, x: Array, t: Array | None, reverse: bool = True) -> Array:
+    # Forward-over-reverse: d forward passes over one reverse pass; forward over
+    # forward where reverse mode does not apply (a `while` loop in the field).
+    inner = jax.jacrev if reverse else jax.jacfwd
+    return jax.jacfwd(inner(_call(fn, t)))(x)
 
 
 # Up to this many directions, the gradient of the divergence and a Laplacian share
@@ -157,7 +178,11 @@ class AbstractJetMethod(AbstractMethod):
         stochastic_q = needs & {"divergence", "laplacian", "graddiv"}
         want_jac = "jacobian" in needs
         V, w, exact = self.directions(d, x.dtype, key)
-        m = jax.eval_shape(fn, x, t).shape[0]
+        # One trace of the field tells its output shape, whether reverse mode
+        # applies, and gives forward rules to its `custom_vjp` functions.
+        program = trace_field(fn, x, t)
+        fn, reverse = program.forward, program.reverse
+        m = program.out.shape[0]
         # The forward pass gives the Jacobian as a by-product for exact methods;
         # for a Jacobian alone, reverse mode is cheaper when m < d.
         use_dirs = bool(stochastic_q) or (exact and want_jac and d <= m)
@@ -166,7 +191,7 @@ class AbstractJetMethod(AbstractMethod):
 
         if not use_dirs:
             if want_jac:
-                q["value"], q["jacobian"] = exact_jacobian(fn, x, t)
+                q["value"], q["jacobian"] = exact_jacobian(fn, x, t, reverse)
             if want_dt:
                 q["value"], q["dt"] = time_derivative(fn, x, t)  # pyright: ignore
             if "value" not in q:
@@ -207,7 +232,16 @@ class AbstractJetMethod(AbstractMethod):
                     out = jet_pass(x_, shared, True)
                     return out["divergence"], out
 
-                (_, q), q["graddiv"] = jax.value_and_grad(div_aux, has_aux=True)(x)
+                if reverse:
+                    grad = jax.value_and_grad(div_aux, has_aux=True)(x)
+                    (_, q), q["graddiv"] = grad
+                else:
+                    # No reverse mode through a `while` loop: forward over the
+                    # forward pass, d passes.
+                    q = jet_pass(x, shared, True)
+                    q["graddiv"] = jax.jacfwd(
+                        lambda x_: jet_pass(x_, False, True)["divergence"]
+                    )(x)
                 if second and not shared:
                     q["laplacian"] = jet_pass(x, True, False)["laplacian"]
             else:
@@ -219,7 +253,7 @@ class AbstractJetMethod(AbstractMethod):
 
         if want_jac and "jacobian" not in q:
             # Stochastic methods give exact Jacobians too.
-            _, q["jacobian"] = exact_jacobian(fn, x, t)
+            _, q["jacobian"] = exact_jacobian(fn, x, t, reverse)
         if "advection" in needs:
             if "jacobian" in q:
                 q["advection"] = q["jacobian"] @ q["value"]
@@ -227,7 +261,7 @@ class AbstractJetMethod(AbstractMethod):
                 # (f . grad) f is one JVP along f itself; no Jacobian is formed.
                 _, q["advection"] = jax.jvp(_call(fn, t), (x,), (q["value"],))
         if "hessian" in needs:
-            q["hessian"] = hessian(fn, x, t)
+            q["hessian"] = hessian(fn, x, t, reverse)
         return q
 
 
@@ -265,18 +299,11 @@ class Forward(AbstractJetMethod):
         (bounds memory for large `d`). `None` propagates all at once.
     """
 
-    chunk_size: int | None = eqx.field(default=None, static=True)
+    chunk_size: int | None = eqx.field(default=None, static=True, converter=as_int)
     stochastic: ClassVar[bool] = False
 
     def __check_init__(self):
-        if self.chunk_size is not None and (
-            isinstance(self.chunk_size, bool)
-            or not isinstance(self.chunk_size, int)
-            or self.chunk_size < 1
-        ):
-            raise ValueError(
-                f"`chunk_size` must be a positive int or None; got {self.chunk_size!r}."
-            )
+        check_count(self.chunk_size, "chunk_size", optional=True)
 
     def directions(self, d, dtype, key):
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
@@ -290,7 +317,9 @@ class Nested(AbstractMethod):
     for first derivatives, `jax.hessian` traced for Laplacians, Jacobian of the
     trace of the Jacobian for the gradient of the divergence. Every quantity is
     computed separately. This is the reference the other methods are tested
-    against; it builds a `(d, d)` Hessian per output for a Laplacian.
+    against; it builds a `(d, d)` Hessian per output for a Laplacian. For a
+    field with a `while` loop, through which JAX has no reverse mode, every
+    `jax.jacobian` is `jax.jacfwd` instead.
     """
 
     stochastic: ClassVar[bool] = False
@@ -299,26 +328,36 @@ class Nested(AbstractMethod):
         g = _call(fn, t)
         q: dict[str, Array] = {"value": g(x)}
         m = q["value"].shape[0]
+        reverse = trace_field(fn, x, t).reverse
+        jac = jax.jacobian if reverse else jax.jacfwd
+        hess = jax.hessian if reverse else lambda h: jax.jacfwd(jax.jacfwd(h))
         if needs & {"jacobian", "divergence", "advection"}:
-            q["jacobian"] = jax.jacobian(g)(x)
+            q["jacobian"] = jac(g)(x)
         if "dt" in needs:
             if t is None:
                 raise ValueError("The time derivative needs a time `t`.")
-            q["dt"] = jax.jacobian(lambda s: fn(x, s))(t).reshape(m)
+            q["dt"] = jac(lambda s: fn(x, s))(t).reshape(m)
         if "divergence" in needs:
             q["divergence"] = jnp.trace(q["jacobian"])
         if "laplacian" in needs:
-            q["laplacian"] = jnp.trace(jax.hessian(g)(x), axis1=-2, axis2=-1)
+            q["laplacian"] = jnp.trace(hess(g)(x), axis1=-2, axis2=-1)
         if "graddiv" in needs:
-            q["graddiv"] = jax.jacobian(lambda a: jnp.trace(jax.jacobian(g)(a)))(x)
+            q["graddiv"] = jac(lambda a: jnp.trace(jac(g)(a)))(x)
         if "advection" in needs:
             q["advection"] = q["jacobian"] @ q["value"]
         if "hessian" in needs:
-            q["hessian"] = jax.hessian(g)(x)
+            q["hessian"] = hess(g)(x)
         return q
 
 
 _NAMES = ("auto", "taylor", "forward", "nested", "hutchinson", "sparse")
+# What to suggest to someone who passed a method's class instead of an instance.
+_EXAMPLES = {
+    "Hutchinson": "Hutchinson(num_probes=16)",
+    "SparseSampling": "SparseSampling(num_samples=16)",
+    "Taylor": "Taylor(chunk_size=64)",
+    "Forward": "Forward(chunk_size=64)",
+}
 
 
 def as_method(method: Any) -> AbstractMethod:
@@ -345,6 +384,14 @@ def as_method(method: Any) -> AbstractMethod:
         raise ValueError(
             f"`method` must be one of {_NAMES} or a method object such as "
             f"`eqxderiv.Hutchinson(num_probes=16)`; got {method!r}."
+        )
+    if isinstance(method, type) and issubclass(method, AbstractMethod):
+        name = method.__name__
+        example = _EXAMPLES.get(name)
+        also = "" if example is None else f" or `eqxderiv.{example}`"
+        raise TypeError(
+            f"`method` must be a method object, not the class `{name}`: "
+            f"instantiate it, e.g. `method=eqxderiv.{name}()`{also}."
         )
     raise TypeError(
         f"`method` must be a string from {_NAMES} or an `eqxderiv` method object; "

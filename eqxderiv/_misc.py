@@ -1,6 +1,8 @@
 """Input validation and batching shared by every operator."""
 
+import inspect
 import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -83,16 +85,72 @@ def check_inputs(x: Any, t: Any) -> tuple[jax.Array, jax.Array | None, tuple[int
     return x, t, batch
 
 
-def check_chunk_size(chunk_size: Any) -> None:
+def as_int(value: Any) -> Any:
+    """Converts any integer (a NumPy integer or a 0-d integer array too, never a
+    bool) to a Python int; anything else is returned as is, for `check_count` to
+    refuse. Used as the converter of static count fields, which must hash and
+    compare as plain ints (a NumPy scalar set as static also makes equinox warn).
+    """
+    if isinstance(value, np.bool_):
+        # Refused as a Python bool: a NumPy scalar set as static makes equinox warn.
+        return bool(value)
+    dtype = getattr(value, "dtype", None)
+    if isinstance(value, bool) or (dtype is not None and jnp.issubdtype(dtype, bool)):
+        return value
+    try:
+        return operator.index(value)
+    except (TypeError, IndexError, ValueError):
+        return value
+
+
+def check_count(value: Any, name: str, optional: bool = False) -> int | None:
+    """Validates a positive integer argument (`None` too when `optional`), and
+    returns it as a Python int. Every count of eqxderiv goes through here, so that
+    methods and calls accept and refuse the same values."""
+    if optional and value is None:
+        return None
+    n = as_int(value)
+    if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+        return n
+    expected = "a positive int" + (" or None" if optional else "")
+    if isinstance(value, (bool, np.bool_)):
+        # A bool is an int to Python, but `True` for a count is always a slip.
+        why = " (a bool, not a count)"
+    elif isinstance(n, int):
+        why = ""
+    else:
+        why = f" of type {type(value).__name__}"
+    raise ValueError(f"`{name}` must be {expected}; got {value!r}{why}.")
+
+
+def check_chunk_size(chunk_size: Any) -> int | None:
     """Validates the `chunk_size=` call argument: a positive int or `None`."""
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, int)
-        or chunk_size < 1
-    ):
-        raise ValueError(
-            f"`chunk_size` must be a positive int or None; got {chunk_size!r}."
-        )
+    return check_count(chunk_size, "chunk_size", optional=True)
+
+
+def check_key(key: Any) -> None:
+    """Validates the `key=` call argument: one PRNG key for the whole call."""
+    dtype = getattr(key, "dtype", None)
+    shape = tuple(getattr(key, "shape", ()))
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape == ():
+            return
+        got, exc = f"a key array of shape {shape}", ValueError
+    elif dtype is not None and dtype == jnp.uint32:
+        if shape == (2,):
+            return
+        got, exc = f"a uint32 array of shape {shape}", ValueError
+    elif dtype is not None:
+        got, exc = f"an array of dtype {dtype} and shape {shape}", TypeError
+    else:
+        got, exc = f"{type(key).__name__} {key!r}", TypeError
+    raise exc(
+        "`key` must be a single PRNG key for the whole call: a scalar typed key "
+        "from `jax.random.key(seed)` (shape ()), or a legacy uint32 key of shape "
+        f"(2,) from `jax.random.PRNGKey(seed)`; got {got}. Each sample gets its "
+        "own subkey, split from this one, so there is no need to pass one key "
+        "per sample."
+    )
 
 
 def check_field(field: Any, name: str = "field") -> None:
@@ -117,6 +175,79 @@ def call_field(field: Callable[..., Any], x: Any, t: Any, key: Any = None) -> An
     return field(x, t)
 
 
+# How the hint on errors raised while tracing a field starts; an error that
+# already carries it (from a field nested in another) is not annotated twice.
+_PER_SAMPLE = "is called on one sample at a time"
+
+# Words in jax's and numpy's messages about shapes and indexing (a field written
+# for a batch fails with these); other errors are left as they are.
+_SHAPE_WORDS = ("shape", "dimension", "axis", "axes", "index", "indic", "rank")
+
+
+def _binds(field: Callable[..., Any], *args: Any) -> bool | None:
+    """Whether `field` accepts these positional arguments; `None` when its
+    signature cannot be read (some builtins)."""
+    try:
+        signature = inspect.signature(field)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(*args)
+    except TypeError:
+        return False
+    return True
+
+
+def _explain(e: Exception, field: Any, x: Any, t: Any, name: str) -> Exception | None:
+    """A clearer error for `e`, raised while tracing `field` on one sample, or
+    `None` to let `e` through unchanged."""
+    from ._operator import AbstractOperator
+
+    if isinstance(field, AbstractOperator):
+        # Its own validation already explained the failure in its terms.
+        return None
+    message = str(e)
+    if isinstance(e, TypeError) and "positional argument" in message:
+        # The message alone cannot tell a call of the field with the wrong
+        # arguments from a bad call inside it; the signature can, where readable.
+        binds = _binds(field, x) if t is None else _binds(field, x, t)
+        if binds is not True:
+            if t is None:
+                return TypeError(
+                    f"`{name}` takes a time `t` as well as `x`: calling "
+                    f"`{name}(x)` failed with: {message}; call the operator as "
+                    f"`op(x, t)`, with `t` of shape (*batch,) or (*batch, 1)."
+                )
+            return TypeError(
+                f"`{name}` takes only `x`, but the operator was called with a "
+                f"time `t` as well: calling `{name}(x, t)` failed with: "
+                f"{message}; call the operator as `op(x)`, or give the field a "
+                f"time argument, `{name}(x, t)`."
+            )
+    if isinstance(e, (jax.errors.JAXTypeError, jax.errors.JAXIndexError)):
+        # Value-dependent control flow and the like: not a matter of shapes.
+        return None
+    if _PER_SAMPLE in message:
+        return None
+    if not isinstance(e, IndexError) and not any(
+        w in message.lower() for w in _SHAPE_WORDS
+    ):
+        return None
+    exc = next(c for c in (IndexError, ValueError, TypeError) if isinstance(e, c))
+    shapes = f"`x` of shape (d,) = {tuple(x.shape)}"
+    if t is not None:
+        shapes += (
+            f" and `t` of shape {tuple(t.shape)} (() for `t` of shape (*batch,), "
+            f"(1,) for (*batch, 1))"
+        )
+    return exc(
+        f"Tracing `{name}` on one sample failed with {type(e).__name__}: "
+        f"{message}\n`{name}` {_PER_SAMPLE}, with {shapes}, and the operator "
+        f"maps it over the batch: if it was written for a batch (say `x[:, 0]`), "
+        f"write it for one sample (`x[0]`)."
+    )
+
+
 def field_output(
     field: Callable[..., Any], x: Any, t: Any, name: str = "field"
 ) -> jax.ShapeDtypeStruct:
@@ -134,21 +265,30 @@ def field_output(
             out = jax.eval_shape(
                 lambda x_, t_, k_: call_field(field, x_, t_, k_), x, t, key
             )
-    except TypeError as e:
-        if t is None and "positional argument" in str(e):
-            raise TypeError(
-                f"Calling `{name}(x)` failed: {e}. If the field needs a time, "
-                f"call the operator as `op(x, t)`."
-            ) from e
-        raise
+    except (TypeError, ValueError, IndexError) as e:
+        explained = _explain(e, field, x, t, name)
+        if explained is None:
+            raise
+        raise explained from e
     if not isinstance(out, jax.ShapeDtypeStruct):
         raise TypeError(
             f"`{name}` must return a single array for one sample; got "
             f"{jax.tree_util.tree_structure(out)}."
         )
+    if jnp.issubdtype(out.dtype, jnp.complexfloating):
+        raise TypeError(
+            f"`{name}` must return a floating-point array; got dtype {out.dtype} "
+            f"(shape {tuple(out.shape)}). Derivatives of complex outputs are not "
+            f"defined here: return the real and imaginary parts stacked as a real "
+            f"array, e.g. `lambda x: jnp.stack([f(x).real, f(x).imag])` (or "
+            f"`jnp.concatenate` for vector outputs). Complex intermediates inside "
+            f"the field are fine."
+        )
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(
-            f"`{name}` must return a floating-point array; got dtype {out.dtype}."
+            f"`{name}` must return a floating-point array; got dtype {out.dtype} "
+            f"(shape {tuple(out.shape)}). Derivatives of integer or boolean outputs "
+            f"are undefined: compute the output in floating point."
         )
     return out
 
@@ -199,12 +339,14 @@ def map_batch(
     keys = None
     if key is not None:
         keys = _keys_like_batch(jax.random.split(key, batch), x, nb)
-    if chunk_size is None:
+    n = math.prod(batch)
+    # An empty batch has nothing to chunk (and no chunk size divides it): `vmap`
+    # over the zero-length axes gives the empty result of the right shape.
+    if chunk_size is None or n == 0:
         f = fn
         for _ in batch:
             f = jax.vmap(f)
         return f(x, t, keys)
-    n = math.prod(batch)
     size = min(chunk_size, n)
     num = -(-n // size)
     pad = num * size - n

@@ -16,17 +16,22 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._custom_types import SpaceLike, TimeLike
+from ._custom_types import ChunkSize, SpaceLike, TimeLike
 from ._misc import (
     check_chunk_size,
     check_field,
     check_inputs,
+    check_key,
     map_batch,
     sample_struct,
 )
 
 
 def _check_key(key: Any, stochastic: bool, name: str) -> None:
+    if key is not None:
+        # Checked even where unused: a batch of keys is a misunderstanding of the
+        # calling convention, and `map_batch` splits whatever key it is given.
+        check_key(key)
     if stochastic and key is None:
         raise ValueError(
             f"{name} uses a stochastic estimator and needs a PRNG key: call it "
@@ -55,7 +60,7 @@ class AbstractOperator(eqx.Module):
         t: TimeLike | None = None,
         *,
         key: PRNGKeyArray | None = None,
-        chunk_size: int | None = None,
+        chunk_size: ChunkSize = None,
     ) -> Array:
         """Evaluates the operator on a batch.
 
@@ -64,8 +69,8 @@ class AbstractOperator(eqx.Module):
         - `x`: points of shape `(*batch, d)`.
         - `t`: times of shape `(*batch,)` or `(*batch, 1)`, or `None` for fields
             of `x` alone.
-        - `key`: a PRNG key, needed by stochastic methods (each sample gets its
-            own subkey).
+        - `key`: one PRNG key for the whole call (each sample gets its own
+            subkey), needed where a stochastic method estimates the result.
         - `chunk_size`: evaluate the batch this many samples at a time
             (`jax.lax.map`), to bound memory; `None` vectorises over the whole
             batch.
@@ -86,11 +91,11 @@ class AbstractOperator(eqx.Module):
         x: Any,
         t: Any,
         key: Any,
-        chunk_size: int | None,
+        chunk_size: ChunkSize,
     ) -> Array:
         x, t, batch = check_inputs(x, t)
         _check_key(key, self.stochastic, type(self).__name__)
-        check_chunk_size(chunk_size)
+        chunk_size = check_chunk_size(chunk_size)
         self._out_struct(sample_struct(x, batch), sample_struct(t, batch))
         return map_batch(self._single, x, t, key, batch, chunk_size)
 
@@ -215,7 +220,7 @@ class _Sum(AbstractOperator):
         t: TimeLike | None = None,
         *,
         key: PRNGKeyArray | None = None,
-        chunk_size: int | None = None,
+        chunk_size: ChunkSize = None,
     ) -> Float[Array, "..."]:
         return self._apply(x, t, key, chunk_size)
 
@@ -251,7 +256,7 @@ class _Mul(AbstractOperator):
         t: TimeLike | None = None,
         *,
         key: PRNGKeyArray | None = None,
-        chunk_size: int | None = None,
+        chunk_size: ChunkSize = None,
     ) -> Float[Array, "..."]:
         return self._apply(x, t, key, chunk_size)
 
@@ -276,7 +281,7 @@ class _Scale(AbstractOperator):
         t: TimeLike | None = None,
         *,
         key: PRNGKeyArray | None = None,
-        chunk_size: int | None = None,
+        chunk_size: ChunkSize = None,
     ) -> Float[Array, "..."]:
         return self._apply(x, t, key, chunk_size)
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ._method import AbstractJetMethod
+from ._misc import as_int, check_count
 from ._taylor_method import taylor_jet
 
 
@@ -23,16 +24,6 @@ def _rademacher(key, shape, dtype):
     bits = (words[:, :, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
     bits = bits.reshape(k, -1)[:, :d]
     return (2 * bits.astype(dtype) - 1).astype(dtype)
-
-
-def _check_count(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
-
-
-def _check_chunk(value):
-    if value is not None:
-        _check_count(value, "chunk_size")
 
 
 class Hutchinson(AbstractJetMethod):
@@ -64,16 +55,16 @@ class Hutchinson(AbstractJetMethod):
     - `chunk_size`: propagate at most this many probes at a time.
     """
 
-    num_probes: int = eqx.field(default=16, static=True)
+    num_probes: int = eqx.field(default=16, static=True, converter=as_int)
     probe: Literal["rademacher", "gaussian"] = eqx.field(
         default="rademacher", static=True
     )
-    chunk_size: int | None = eqx.field(default=None, static=True)
+    chunk_size: int | None = eqx.field(default=None, static=True, converter=as_int)
     stochastic: ClassVar[bool] = True
 
     def __check_init__(self):
-        _check_count(self.num_probes, "num_probes")
-        _check_chunk(self.chunk_size)
+        check_count(self.num_probes, "num_probes")
+        check_count(self.chunk_size, "chunk_size", optional=True)
         if self.probe not in ("rademacher", "gaussian"):
             raise ValueError(
                 f"`probe` must be 'rademacher' or 'gaussian'; got {self.probe!r}."
@@ -110,13 +101,13 @@ class SparseSampling(AbstractJetMethod):
     - `chunk_size`: propagate at most this many directions at a time.
     """
 
-    num_samples: int = eqx.field(default=16, static=True)
-    chunk_size: int | None = eqx.field(default=None, static=True)
+    num_samples: int = eqx.field(default=16, static=True, converter=as_int)
+    chunk_size: int | None = eqx.field(default=None, static=True, converter=as_int)
     stochastic: ClassVar[bool] = True
 
     def __check_init__(self):
-        _check_count(self.num_samples, "num_samples")
-        _check_chunk(self.chunk_size)
+        check_count(self.num_samples, "num_samples")
+        check_count(self.chunk_size, "chunk_size", optional=True)
 
     def directions(self, d, dtype, key):
         idx = jax.random.randint(key, (self.num_samples,), 0, d)

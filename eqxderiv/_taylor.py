@@ -345,256 +345,6 @@ _RULES["mul"] = _mul_rule
 _RULES["dot_general"] = _dot_general
 
 
-# ---- elementwise unary ----------------------------------------------------------
-
-# (x, y = g(x), params) -> (g'(x), g''(x)), with g'' = None where it vanishes.
-# Written in terms of y where that is cheaper.
-Derivs = Callable[[Array, Array, dict[str, Any]], tuple[Array, Array | None]]
-
-
-def _ipow(x: Array, n: int) -> Array:
-    return jnp.ones_like(x) if n == 0 else x if n == 1 else lax.integer_pow(x, n)
-
-
-def _integer_pow(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array | None]:
-    n = p["y"]
-    d2 = None if n in (0, 1) else n * (n - 1) * _ipow(x, n - 2)
-    return n * _ipow(x, n - 1), d2
-
-
-def _logistic(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    d1 = y * (1 - y)
-    return d1, d1 * (1 - 2 * y)
-
-
-def _tanh(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    d1 = 1 - y * y
-    return d1, -2 * y * d1
-
-
-def _tan(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    d1 = 1 + y * y
-    return d1, 2 * y * d1
-
-
-def _erf(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    d1 = (2 / math.sqrt(math.pi)) * jnp.exp(-x * x)
-    return d1, -2 * x * d1
-
-
-def _erfc(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    d1, d2 = _erf(x, y, p)
-    return -d1, -d2
-
-
-def _exp2(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    d1 = math.log(2) * y
-    return d1, math.log(2) * d1
-
-
-def _rsqrt3(u: Array) -> tuple[Array, Array]:
-    """`(u^(-1/2), u^(-3/2))`, shared by the inverse trigonometric derivatives."""
-    r = lax.rsqrt(u)
-    return r, r * r * r
-
-
-def _asin(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    r, r3 = _rsqrt3(1 - x * x)
-    return r, x * r3
-
-
-def _acos(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    r, r3 = _rsqrt3(1 - x * x)
-    return -r, -x * r3
-
-
-def _asinh(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    r, r3 = _rsqrt3(1 + x * x)
-    return r, -x * r3
-
-
-def _acosh(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    r, r3 = _rsqrt3(x * x - 1)
-    return r, -x * r3
-
-
-def _atan(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    d1 = 1 / (1 + x * x)
-    return d1, -2 * x * d1 * d1
-
-
-def _atanh(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    d1 = 1 / (1 - x * x)
-    return d1, 2 * x * d1 * d1
-
-
-def _sqrt(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    d1 = 0.5 / y
-    return d1, -0.5 * d1 / x  # -x^(-3/2)/4, written without a second power
-
-
-def _rsqrt(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    y3 = y * y * y
-    return -0.5 * y3, 0.75 * y3 * y * y
-
-
-def _cbrt(x: Array, y: Array, p: dict[str, Any]) -> tuple[Array, Array]:
-    d1 = 1 / (3 * y * y)
-    return d1, -2 * d1 / (3 * x)
-
-
-def _polygamma(n: int, x: Array) -> Array:
-    return lax.polygamma(jnp.full_like(x, n), x)
-
-
-_UNARY: dict[str, Derivs] = {
-    "tanh": _tanh,
-    "logistic": _logistic,
-    "exp": lambda x, y, p: (y, y),
-    "exp2": _exp2,
-    "expm1": lambda x, y, p: (y + 1, y + 1),
-    "log": lambda x, y, p: (1 / x, -1 / (x * x)),
-    "log1p": lambda x, y, p: (1 / (1 + x), -1 / ((1 + x) * (1 + x))),
-    "sin": lambda x, y, p: (jnp.cos(x), -y),
-    "cos": lambda x, y, p: (-jnp.sin(x), -y),
-    "tan": _tan,
-    "sinh": lambda x, y, p: (jnp.cosh(x), y),
-    "cosh": lambda x, y, p: (jnp.sinh(x), y),
-    "asin": _asin,
-    "acos": _acos,
-    "atan": _atan,
-    "asinh": _asinh,
-    "acosh": _acosh,
-    "atanh": _atanh,
-    "sqrt": _sqrt,
-    "rsqrt": _rsqrt,
-    "cbrt": _cbrt,
-    "erf": _erf,
-    "erfc": _erfc,
-    "lgamma": lambda x, y, p: (lax.digamma(x), _polygamma(1, x)),
-    "digamma": lambda x, y, p: (_polygamma(1, x), _polygamma(2, x)),
-    "abs": lambda x, y, p: (jnp.sign(x), None),
-    "integer_pow": _integer_pow,
-    "square": lambda x, y, p: (2 * x, jnp.full_like(x, 2)),
-}
-
-
-def _unary_rule(derivs: Derivs) -> Rule:
-    def rule(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
-        (x,) = jets
-        assert x.tangent is not None
-        (y,) = _bind(eqn, [x.primal])
-        d1, d2 = derivs(jnp.asarray(x.primal), y, eqn.params)
-        s = _mul(d1, x.second)
-        if d2 is not None:
-            s = _add(s, d2 * ctx.quad(x.tangent, x.tangent))
-        return _jet(y, d1 * x.tangent, s)
-
-    return rule
-
-
-for _p, _d in _UNARY.items():
-    _RULES[_p] = _unary_rule(_d)
-
-
-# ---- elementwise binary ---------------------------------------------------------
-
-# (a, b, y, need_a, need_b) -> partials (f_a, f_b, f_aa, f_ab, f_bb), with None for
-# zero or not needed (need_a: a has a tangent).
-Partials = Callable[
-    [ArrayLike, ArrayLike, Array, bool, bool], tuple[ArrayLike | None, ...]
-]
-
-
-def _div_partials(a: ArrayLike, b: ArrayLike, y: Array, na: bool, nb: bool):
-    inv = 1 / jnp.asarray(b)
-    if not nb:
-        return inv, None, None, None, None
-    return inv, -y * inv, None, -inv * inv, 2 * y * inv * inv
-
-
-def _pow_partials(a: ArrayLike, b: ArrayLike, y: Array, na: bool, nb: bool):
-    a, b = jnp.asarray(a), jnp.asarray(b)
-    fa = faa = fb = fab = fbb = None
-    if na:
-        # a^(b-1) is computed directly, not as y / a, which would break at a == 0.
-        am1 = lax.pow(a, b - 1)
-        fa, faa = b * am1, b * (b - 1) * lax.pow(a, b - 2)
-    if nb:
-        la = jnp.log(a)
-        fb, fbb = y * la, y * la * la
-        if na:
-            fab = am1 * (1 + b * la)  # pyright: ignore[reportPossiblyUnbound]
-    return fa, fb, faa, fab, fbb
-
-
-def _atan2_partials(a: ArrayLike, b: ArrayLike, y: Array, na: bool, nb: bool):
-    a, b = jnp.asarray(a), jnp.asarray(b)
-    r2 = a * a + b * b
-    r4 = r2 * r2
-    return b / r2, -a / r2, -2 * a * b / r4, (a * a - b * b) / r4, 2 * a * b / r4
-
-
-def _chooser_partials(a: ArrayLike, b: ArrayLike, y: Array, na: bool, nb: bool):
-    # max/min are piecewise linear; ties split the derivative evenly, as in jax.
-    ca = jnp.where(a == y, jnp.where(b == y, 0.5, 1.0), 0.0).astype(y.dtype)
-    return ca, 1 - ca, None, None, None
-
-
-def _rem_partials(a: ArrayLike, b: ArrayLike, y: Array, na: bool, nb: bool):
-    fb = -jnp.trunc(jnp.asarray(a) / b) if nb else None
-    return jnp.ones_like(y), fb, None, None, None
-
-
-_BINARY: dict[str, Partials] = {
-    "div": _div_partials,
-    "pow": _pow_partials,
-    "atan2": _atan2_partials,
-    "max": _chooser_partials,
-    "min": _chooser_partials,
-    "rem": _rem_partials,
-}
-
-
-def _binary_rule(partials: Partials) -> Rule:
-    def rule(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
-        a, b = jets
-        (y,) = _bind(eqn, [a.primal, b.primal])
-        ta, tb = _lift(a.tangent, jnp.ndim(y)), _lift(b.tangent, jnp.ndim(y))
-        fa, fb, faa, fab, fbb = partials(
-            a.primal, b.primal, y, ta is not None, tb is not None
-        )
-        t = _add(_mul(fa, ta), _mul(fb, tb))
-        s = _add(_mul(fa, a.second), _mul(fb, b.second))
-        # Second partials that vanish come back as None: skip their products.
-        if ta is not None and faa is not None:
-            s = _add(s, _mul(faa, ctx.quad(ta, ta)))
-        if tb is not None and fbb is not None:
-            s = _add(s, _mul(fbb, ctx.quad(tb, tb)))
-        if ta is not None and tb is not None and fab is not None:
-            s = _add(s, _mul(fab, 2 * ctx.quad(ta, tb)))
-        return _jet(y, t, s)
-
-    return rule
-
-
-for _p, _f in _BINARY.items():
-    _RULES[_p] = _binary_rule(_f)
-
-
-def _clamp(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
-    lo, x, hi = jets
-    (y,) = _bind(eqn, _primals(jets))
-    # Piecewise linear: each output element is a copy of exactly one operand.
-    below, above = jnp.less(x.primal, lo.primal), jnp.greater(x.primal, hi.primal)
-    t = s = None
-    for mask, j in ((below, lo), (above, hi), (~(below | above), x)):
-        m = mask.astype(y.dtype)
-        t = _add(t, _mul(m, _lift(j.tangent, jnp.ndim(y))))
-        s = _add(s, _mul(m, j.second))
-    return _jet(y, t, s)
-
-
 def _reduce_chooser(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
     (x,) = jets
     assert x.tangent is not None
@@ -642,7 +392,6 @@ def _sort(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
 
 _RULES["scatter"] = _scatter
 _RULES["sort"] = _sort
-_RULES["clamp"] = _clamp
 _RULES["reduce_max"] = _reduce_chooser
 _RULES["reduce_min"] = _reduce_chooser
 
@@ -666,12 +415,8 @@ _RULES["jit"] = _call_rule("jaxpr")
 _RULES["remat2"] = _call_rule("jaxpr")
 _RULES["closed_call"] = _call_rule("call_jaxpr")
 _RULES["call"] = _call_rule("call_jaxpr")
-# custom_jvp / custom_vjp: propagate through the primal implementation. The custom
-# rules of jax.nn (relu, gelu, softplus, logsumexp, ...) serve numerical stability
-# or pick a derivative at a kink; away from kinks the primal gives the same values.
-_RULES["custom_jvp_call"] = _call_rule("call_jaxpr")
-_RULES["custom_vjp_call"] = _call_rule("call_jaxpr", "fun_jaxpr")
-_RULES["custom_vjp_call_jaxpr"] = _call_rule("fun_jaxpr", "call_jaxpr")  # older jax
+# custom_jvp / custom_vjp functions follow their own derivative rules: see
+# `_rules_custom.py`, which registers them.
 _RULES["pjit"] = _call_rule("jaxpr")  # older name of "jit"
 _RULES["checkpoint"] = _call_rule("jaxpr")
 
@@ -682,21 +427,34 @@ _WARNED: set[str] = set()
 
 
 def _fallback(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
-    """Any primitive, through `jax.jvp` on `bind`.
+    """Any primitive, through `jax.jvp` on `bind` (see `nested_jet`)."""
+    return nested_jet(
+        ctx, lambda *a: _bind(eqn, a), jets, f"primitive '{eqn.primitive.name}'"
+    )
+
+
+def nested_jet(
+    ctx: _Ctx,
+    fn: Callable[..., list[Any]],
+    jets: Sequence[_Jet],
+    what: str,
+) -> list[_Jet]:
+    """The jets of `fn(*primals)` (a list of outputs) by nested `jax.jvp`, so by
+    JAX's own derivative rules, custom ones included.
 
     Per direction k, a `jvp` of a `jvp` gives both the first-order term and
-    `d²/ds² prim(x + s T[k])`; this is `vmap`ped over K and weight-summed. The
+    `d²/ds² fn(x + s T[k])`; this is `vmap`ped over K and weight-summed. The
     incoming second-order terms enter through one more (first-order) `jvp`.
+    `what` names `fn` in the one-time `FallbackWarning`.
     """
-    outs = _bind(eqn, _primals(jets))
+    outs = list(fn(*_primals(jets)))
     float_outs = [i for i, o in enumerate(outs) if _is_float(o)]
     if not float_outs:  # comparisons, argmax, iota, ...: nothing to differentiate
         return _consts(outs)
-    name = eqn.primitive.name
-    if name not in _WARNED:
-        _WARNED.add(name)
+    if what not in _WARNED:
+        _WARNED.add(what)
         warnings.warn(
-            f"eqxderiv: primitive '{name}' has no collapsed Taylor-mode rule; it is "
+            f"eqxderiv: {what} has no collapsed Taylor-mode rule; it is "
             "evaluated through nested autodiff (a jvp of a jvp per direction), "
             "which may be slower.",
             FallbackWarning,
@@ -709,7 +467,7 @@ def _fallback(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
         args = _primals(jets)
         for i, x in zip(diff, xs):
             args[i] = x
-        res = _bind(eqn, args)
+        res = list(fn(*args))
         return tuple(res[i] for i in float_outs)
 
     primals = tuple(jnp.asarray(jets[i].primal) for i in diff)
@@ -800,7 +558,8 @@ def _narrows(ctx: _Ctx, jet: _Jet) -> bool:
     affine function of the inputs (so its tangents are typically the same for
     every sample)."""
     t = jet.tangent
-    if t is None or jet.second is not None or not _is_float(t):
+    # Real floating tangents only: complex ones have no real Gram factor.
+    if t is None or jet.second is not None or not _is_real(t):
         return False
     return math.prod(t.shape[1:]) < t.shape[0]
 
@@ -823,9 +582,38 @@ def _compressed(ctx: _Ctx, jet: _Jet) -> tuple[_Jet, _Ctx]:
     k, shape = t.shape[0], t.shape[1:]
     n = math.prod(shape)
     w = jnp.sqrt(jnp.maximum(ctx.weights.astype(t.dtype), 0))
-    r = jnp.linalg.qr(w[:, None] * t.reshape(k, n), mode="r")
+    r = _gram_factor(w[:, None] * t.reshape(k, n))
     new = _Jet(jet.primal, r.reshape((n, *shape)), jet.second)
     return new, _Ctx(jnp.ones((n,), ctx.weights.dtype))
+
+
+def _is_real(x: ArrayLike) -> bool:
+    return bool(jnp.issubdtype(jnp.result_type(x), jnp.floating))
+
+
+def _gram_factor(a: Array) -> Array:
+    """An `(n, n)` factor `R` with `R^T R = a^T a`, for `a` of shape `(K, n)`,
+    `K > n`: the triangular factor of a QR decomposition.
+
+    Its derivatives are QR's where `a` has full column rank. Where `a` is
+    rank-deficient (a first layer with zero rows, as at some initialisations),
+    QR has no derivative (its JVP divides by the zero diagonal of `R`, which
+    gives NaN gradients); there `R` is computed as `Q^T a` with `Q` held
+    constant, which is the same value and whose first derivative gives the exact
+    first derivative of `R^T R` (as `Q Q^T a = a`), so parameter gradients stay
+    exact. Half precision is factored in float32 (LAPACK has no float16 QR).
+    """
+    dtype = a.dtype
+    work = a.astype(jnp.float32) if jnp.finfo(dtype).bits < 32 else a
+    q0, r0 = jnp.linalg.qr(lax.stop_gradient(work))
+    diag = jnp.abs(jnp.diagonal(r0))
+    tol = 16 * max(work.shape) * jnp.finfo(work.dtype).eps
+    full = jnp.min(diag) > tol * jnp.max(diag)
+    # Feed QR a well-conditioned matrix where `a` is rank-deficient, so that its
+    # (unused) derivative there is finite and no NaN leaks through `where`.
+    safe = jnp.where(full, work, jnp.eye(*work.shape, dtype=work.dtype))
+    r = jnp.where(full, jnp.linalg.qr(safe, mode="r"), q0.T @ work)
+    return r.astype(dtype)
 
 
 # Ops through which the output can depend linearly on one tangent-carrying operand.
@@ -939,7 +727,7 @@ def _identity_bottleneck(jaxpr: core.Jaxpr, x: core.Var, d: int) -> int | None:
         shape, dtype = getattr(z.aval, "shape", None), getattr(z.aval, "dtype", None)
         if shape is None or dtype is None:
             return None
-        if math.prod(shape) < d and jnp.issubdtype(dtype, jnp.inexact):
+        if math.prod(shape) < d and jnp.issubdtype(dtype, jnp.floating):
             if not any(v is not z and last_use.get(v, -1) > i for v in dep):
                 return i
     return None
@@ -980,7 +768,7 @@ def _identity_compressed(
     jac = jax.jacrev(lambda xv: prefix(xv)[z])(x)  # (*z.shape, d)
     n = zv.size
     tangents = jnp.moveaxis(jac.reshape(n, d), 1, 0)  # (d, n)
-    r = jnp.linalg.qr(tangents, mode="r")
+    r = _gram_factor(tangents)
     env: dict[core.Var, _Jet] = {v: _Jet(val, None, None) for v, val in values.items()}
     env[z] = _Jet(zv, r.reshape((n, *zv.shape)), None)
     ctx = _Ctx(jnp.ones((n,), zv.dtype))

@@ -6,6 +6,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from ._method import AbstractJetMethod
+from ._misc import as_int, check_count
 
 
 def taylor_jet(fn, x, t, tx, w, second, contract, compress=False, identity=False):
@@ -68,19 +69,16 @@ class Taylor(AbstractJetMethod):
         respect to those weights come out as NaN. Pass `False` for such a field.
     """
 
-    chunk_size: int | None = eqx.field(default=None, static=True)
+    chunk_size: int | None = eqx.field(default=None, static=True, converter=as_int)
     compress: bool = eqx.field(default=True, static=True)
     stochastic: ClassVar[bool] = False
 
     def __check_init__(self):
         if not isinstance(self.compress, bool):
             raise ValueError(f"`compress` must be a bool; got {self.compress!r}.")
-        if self.chunk_size is not None and (
-            not isinstance(self.chunk_size, int) or self.chunk_size < 1
-        ):
-            raise ValueError(
-                f"`chunk_size` must be a positive int or None; got {self.chunk_size!r}."
-            )
+        # Shared with every method and the call-time `chunk_size`: `True` used to
+        # pass here as 1, while `Forward` refused it.
+        check_count(self.chunk_size, "chunk_size", optional=True)
 
     def directions(self, d, dtype, key):
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True

@@ -3,7 +3,7 @@ from typing import ClassVar
 import equinox as eqx
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._custom_types import Field, SpaceLike, TimeLike
+from ._custom_types import ChunkSize, Field, SpaceLike, TimeLike
 from ._derivative import AbstractDerivative
 from ._method import AbstractMethod, as_method
 
@@ -51,6 +51,6 @@ class TimeDerivative(AbstractDerivative):
         t: TimeLike | None = None,
         *,
         key: PRNGKeyArray | None = None,
-        chunk_size: int | None = None,
+        chunk_size: ChunkSize = None,
     ) -> Float[Array, "..."]:
         return self._apply(x, t, key, chunk_size)

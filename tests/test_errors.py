@@ -12,9 +12,11 @@ user without it, to pin eqxderiv's own message.
 
 import re
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jaxtyping
+import numpy as np
 import pytest
 from helpers import JnpMLP
 
@@ -375,3 +377,265 @@ def test_jit_compatible_errors():
 def test_taylor_compress_must_be_a_bool(no_typecheck):
     with pytest.raises(ValueError, match=r"`compress` must be a bool; got 'yes'"):
         eqxderiv.Taylor(compress="yes")  # pyright: ignore
+
+
+# Regressions from a user probing the library.
+
+
+class _Linear(eqx.Module):
+    w: jax.Array
+
+    def __call__(self, x):
+        return self.w @ x
+
+
+def test_field_of_x_alone_called_with_t():
+    # Regression: the raw "<lambda>() takes 1 positional argument but 2 were given".
+    msg = (
+        r"`field` takes only `x`, but the operator was called with a time `t` as "
+        r"well: calling `field\(x, t\)` failed with: .*takes \d positional arguments? "
+        r"but \d were given; call the operator as `op\(x\)`"
+    )
+    with pytest.raises(TypeError, match=msg):
+        eqxderiv.Laplacian(G)(X, T)
+    with pytest.raises(TypeError, match=msg):
+        eqxderiv.derivatives(G, X, T)
+    # A model, whose `__call__` takes `x` alone.
+    with pytest.raises(TypeError, match=msg):
+        eqxderiv.Jacobian(_Linear(jnp.eye(3)))(X, T)
+    # Nested: the inner operator's message comes through, not wrapped again.
+    with pytest.raises(TypeError, match=msg) as info:
+        eqxderiv.Grad(eqxderiv.Divergence(G))(X, T)
+    assert str(info.value).count("takes only `x`") == 1
+
+
+def test_field_of_x_and_t_called_without_t():
+    # The converse of `test_field_of_x_alone_called_with_t`.
+    msg = (
+        r"`field` takes a time `t` as well as `x`: calling `field\(x\)` failed "
+        r"with: .*missing 1 required positional argument: 't'; call the operator "
+        r"as `op\(x, t\)`, with `t` of shape \(\*batch,\) or \(\*batch, 1\)"
+    )
+    with pytest.raises(TypeError, match=msg):
+        eqxderiv.Laplacian(F)(X)
+
+
+def test_wrong_call_inside_a_field_is_not_blamed_on_t():
+    # A `TypeError` about positional arguments from inside the field (its own
+    # signature fits) is not mistaken for calling the field with or without `t`.
+    def field(x, t):
+        return G(x, t)  # pyright: ignore
+
+    with pytest.raises(TypeError, match="positional argument") as info:
+        eqxderiv.Value(field)(X, T)
+    assert "takes only `x`" not in str(info.value)
+    assert "call the operator as" not in str(info.value)
+
+
+BATCH_FIELDS = {
+    "index": (lambda x: x[:, 0], IndexError, r"Too many indices"),
+    "reshape": (lambda x: x.reshape(4, 3), TypeError, r"cannot reshape array"),
+    "broadcast": (lambda x: x + jnp.ones(4), TypeError, r"incompatible shapes"),
+    "axis": (lambda x: jnp.sum(x, axis=1), ValueError, r"axis 1 is out of bounds"),
+}
+
+
+@pytest.mark.parametrize("case", list(BATCH_FIELDS))
+def test_field_written_for_a_batch(case):
+    # Regression: jax's raw shape errors, which did not say that fields are called
+    # per sample.
+    field, exc, original = BATCH_FIELDS[case]
+    msg = (
+        rf"Tracing `field` on one sample failed with \w+: .*{original}.*\n`field` is "
+        r"called on one sample at a time, with `x` of shape \(d,\) = \(3,\), and "
+        r"the operator maps it over the batch: if it was written for a batch"
+    )
+    with pytest.raises(exc, match=msg) as info:
+        eqxderiv.Laplacian(field)(X)
+    # The original error is chained, not swallowed.
+    assert isinstance(info.value.__cause__, exc)
+    with pytest.raises(exc, match=msg):
+        eqxderiv.derivatives(field, X, operators=(eqxderiv.Jacobian,))
+
+
+@pytest.mark.parametrize("t, shape", [(T, r"\(\)"), (T[:, None], r"\(1,\)")])
+def test_field_written_for_a_batch_with_time(t, shape):
+    msg = (
+        r"Tracing `field` on one sample failed with IndexError: .*\n`field` is "
+        r"called on one sample at a time, with `x` of shape \(d,\) = \(3,\) and "
+        rf"`t` of shape {shape} \(\(\) for `t` of shape \(\*batch,\), \(1,\) for "
+        r"\(\*batch, 1\)\)"
+    )
+    with pytest.raises(IndexError, match=msg):
+        eqxderiv.TimeDerivative(lambda x, t: x[:, 0] * t)(X, t)
+
+
+def test_other_field_errors_are_not_annotated():
+    # Errors that are not about shapes reach the user unchanged.
+    def bad(x):
+        raise ValueError("negative viscosity")
+
+    with pytest.raises(ValueError, match=r"^negative viscosity\b") as info:
+        eqxderiv.Laplacian(bad)(X)
+    assert info.value.__cause__ is None
+    with pytest.raises(jax.errors.TracerBoolConversionError):
+        eqxderiv.Laplacian(lambda x: x if x[0] > 0 else -x)(X)
+    # Operators' own validation, for an operator used as a field, is not wrapped.
+    with pytest.raises(ValueError, match=r"^Grad needs a scalar field"):
+        eqxderiv.Laplacian(eqxderiv.Grad(G))(X)
+
+
+@pytest.mark.parametrize(
+    "cls, example",
+    [
+        (eqxderiv.Hutchinson, r" or `eqxderiv\.Hutchinson\(num_probes=16\)`"),
+        (eqxderiv.SparseSampling, r" or `eqxderiv\.SparseSampling\(num_samples=16\)`"),
+        (eqxderiv.Nested, r"\."),
+    ],
+)
+def test_method_class_instead_of_instance(cls, example):
+    # Regression: "got _ModuleMeta".
+    name = cls.__name__
+    msg = (
+        rf"`method` must be a method object, not the class `{name}`: instantiate "
+        rf"it, e.g. `method=eqxderiv\.{name}\(\)`{example}"
+    )
+    with pytest.raises(TypeError, match=msg):
+        eqxderiv.Laplacian(F, method=cls)
+    with pytest.raises(TypeError, match=msg):
+        eqxderiv.derivatives(F, X, T, method=cls)
+
+
+PER_SAMPLE_KEYS = {
+    "typed keys": (
+        jax.random.split(jax.random.key(0), 4),
+        ValueError,
+        r"got a key array of shape \(4,\)",
+    ),
+    "legacy keys": (
+        jax.random.split(jax.random.PRNGKey(0), 4),
+        ValueError,
+        r"got a uint32 array of shape \(4, 2\)",
+    ),
+    "int": (0, TypeError, r"got int 0"),
+    "float array": (
+        jnp.zeros(2),
+        TypeError,
+        r"got an array of dtype float64 and shape \(2,\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PER_SAMPLE_KEYS))
+def test_bad_key_with_typecheck_hook(case):
+    key, _, _ = PER_SAMPLE_KEYS[case]
+    op = eqxderiv.Laplacian(F, method=eqxderiv.Hutchinson())
+    with pytest.raises((TypeError, ValueError), match="key"):
+        op(X, T, key=key)
+
+
+@pytest.mark.parametrize("case", list(PER_SAMPLE_KEYS))
+def test_bad_key_own_message(case, no_typecheck):
+    # Regression: per-sample keys gave jax's "split accepts a single key".
+    key, exc, got = PER_SAMPLE_KEYS[case]
+    msg = (
+        r"`key` must be a single PRNG key for the whole call: a scalar typed key "
+        r"from `jax.random.key\(seed\)` \(shape \(\)\), or a legacy uint32 key of "
+        rf"shape \(2,\) from `jax.random.PRNGKey\(seed\)`; {got}\. Each sample "
+        r"gets its own subkey"
+    )
+    with pytest.raises(exc, match=msg):
+        eqxderiv.Laplacian(F, method=eqxderiv.Hutchinson())(X, T, key=key)
+    # Also where the key is not used: `map_batch` would still split it.
+    with pytest.raises(exc, match=msg):
+        eqxderiv.Laplacian(F)(X, T, key=key)
+    with pytest.raises(exc, match=msg):
+        eqxderiv.derivatives(F, X, T, method="hutchinson", key=key)
+
+
+def test_one_key_of_either_kind():
+    op = eqxderiv.Laplacian(F, method=eqxderiv.Hutchinson(num_probes=2))
+    typed = op(X, T, key=jax.random.key(0))
+    legacy = op(X, T, key=jax.random.PRNGKey(0))
+    assert typed.shape == legacy.shape == (4, 3)
+    assert jnp.all(jnp.isfinite(typed)) and jnp.all(jnp.isfinite(legacy))
+
+
+COUNTS = [
+    (eqxderiv.Taylor, "chunk_size"),
+    (eqxderiv.Forward, "chunk_size"),
+    (eqxderiv.Hutchinson, "chunk_size"),
+    (eqxderiv.Hutchinson, "num_probes"),
+    (eqxderiv.SparseSampling, "chunk_size"),
+    (eqxderiv.SparseSampling, "num_samples"),
+]
+
+
+@pytest.mark.parametrize("cls, name", COUNTS)
+def test_counts_accept_any_integer(cls, name):
+    # Regression: `np.int64` was refused. It is stored as a Python int (a NumPy
+    # scalar set as a static field would also make equinox warn, an error here).
+    method = cls(**{name: np.int64(3)})
+    assert type(getattr(method, name)) is int
+    assert method == cls(**{name: 3})
+    assert hash(method) == hash(cls(**{name: 3}))
+
+
+@pytest.mark.parametrize("cls, name", COUNTS)
+@pytest.mark.parametrize("bad", [True, np.bool_(True)])
+def test_counts_refuse_bools(cls, name, bad):
+    # Regression: `Taylor(chunk_size=True)` was accepted (as 1), while
+    # `Forward(chunk_size=True)` was refused. A NumPy bool is converted to a Python
+    # one first (set as a static field, it would make equinox warn).
+    msg = (
+        rf"`{name}` must be a positive int( or None)?; got True "
+        r"\(a bool, not a count\)"
+    )
+    with pytest.raises(ValueError, match=msg):
+        cls(**{name: bad})
+
+
+def test_call_chunk_size_accepts_any_integer():
+    op = eqxderiv.Laplacian(F)
+    expected = op(X, T)
+    assert jnp.allclose(op(X, T, chunk_size=np.int64(3)), expected)
+    (lap,) = eqxderiv.derivatives(
+        F, X, T, (eqxderiv.Laplacian,), chunk_size=np.int32(3)
+    )
+    assert jnp.allclose(lap, expected)
+
+
+def test_call_chunk_size_refuses_numpy_bools(no_typecheck):
+    msg = r"`chunk_size` must be a positive int or None; got np.True_ \(a bool"
+    with pytest.raises(ValueError, match=msg):
+        eqxderiv.Laplacian(F)(X, T, chunk_size=np.bool_(True))  # pyright: ignore
+
+
+def test_complex_output():
+    # Regression: the message said only "must return a floating-point array".
+    msg = (
+        r"`field` must return a floating-point array; got dtype complex128 "
+        r"\(shape \(3,\)\)\. .*return the real and imaginary parts stacked as a real "
+        r"array, e\.g\. `lambda x: jnp\.stack\(\[f\(x\)\.real, f\(x\)\.imag\]\)` "
+        r"\(or `jnp\.concatenate` for vector outputs\)"
+    )
+    with pytest.raises(TypeError, match=msg):
+        eqxderiv.Value(lambda x: jnp.exp(1j * x))(X)
+    with pytest.raises(TypeError, match=msg):
+        eqxderiv.derivatives(lambda x: jnp.exp(1j * x), X, operators=(eqxderiv.Value,))
+
+
+def test_complex_intermediates_are_fine():
+    # Only complex *outputs* are refused: Re exp(i x) = cos x inside a field.
+    f = lambda x: jnp.real(jnp.exp(1j * x))
+    assert jnp.allclose(eqxderiv.Value(f)(X), jnp.cos(X))
+    lap = eqxderiv.Laplacian(f, method="nested")(X)
+    assert jnp.allclose(lap, -jnp.cos(X))
+    # The suggested split, for a complex-valued scalar field.
+    g = lambda x: jnp.exp(1j * jnp.sum(x))
+    split = eqxderiv.Laplacian(
+        lambda x: jnp.stack([g(x).real, g(x).imag]), method="nested"
+    )(X)
+    d = X.shape[-1]
+    expected = -d * jnp.stack([jnp.cos(X.sum(-1)), jnp.sin(X.sum(-1))], axis=-1)
+    assert jnp.allclose(split, expected)

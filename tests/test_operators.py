@@ -15,6 +15,7 @@ from helpers import (
     JnpMLP,
     assert_close,
     assert_dicts_close,
+    assert_trees_close,
     batch_inputs,
     closed_form,
     evaluate,
@@ -337,7 +338,6 @@ def test_stochastic_needs_key_and_shapes(method, getkey):
         eqxderiv.Divergence: (2, 3),
         eqxderiv.Laplacian: (2, 3, 3),
         eqxderiv.GradDiv: (2, 3, 3),
-        eqxderiv.Jacobian: (2, 3, 3, 3),
     }
     for cls, shape in shapes.items():
         op = cls(net, method=method)
@@ -346,6 +346,11 @@ def test_stochastic_needs_key_and_shapes(method, getkey):
             op(x, t)
         out = jax.eval_shape(lambda k: op(x, t, key=k), getkey())
         assert out.shape == shape
+    # A Jacobian is exact under a stochastic method, so it needs no key (see
+    # `test_exact_quantities_of_stochastic_methods_need_no_key`).
+    op = eqxderiv.Jacobian(net, method=method)
+    assert not op.stochastic
+    assert jax.eval_shape(lambda: op(x, t)).shape == (2, 3, 3, 3)
 
 
 def test_stochastic_values_are_finite(getkey):
@@ -367,6 +372,82 @@ def test_stochastic_values_are_finite(getkey):
     for out in outs:
         assert np.all(np.isfinite(out))
     assert_close(jac, reference(("Jacobian",), net, x, t)["Jacobian"])
+
+
+# Regression: these were marked stochastic and demanded a key, although a
+# stochastic method computes them exactly (it estimates only divergences,
+# Laplacians and gradients of divergences).
+EXACT_UNDER_STOCHASTIC = ["Value", "Jacobian", "TimeDerivative", "Curl", "Advection"]
+
+
+@pytest.mark.parametrize("method", STOCHASTIC)
+def test_exact_quantities_of_stochastic_methods_need_no_key(method, getkey):
+    net = JnpMLP(3, 3, 16, time=True, key=getkey())
+    sca = JnpMLP(3, None, 16, time=True, key=getkey())
+    x, t = batch_inputs(getkey(), (2,), 3, "flat")
+    ops = {n: getattr(eqxderiv, n)(net, method=method) for n in EXACT_UNDER_STOCHASTIC}
+    ops |= {n: getattr(eqxderiv, n)(sca, method=method) for n in ("Grad", "Hessian")}
+    assert not any(op.stochastic for op in ops.values())
+    # A fused residual of exact terms needs no key either ...
+    ops["residual"] = ops["TimeDerivative"] + ops["Advection"] - net
+    assert not ops["residual"].stochastic
+    # ... but one with an estimated term does.
+    for op in [
+        ops["TimeDerivative"] + eqxderiv.Laplacian(net, method=method),
+        eqxderiv.Value(net, method=method) * eqxderiv.Divergence(net, method=method),
+        eqxderiv.Grad(eqxderiv.Divergence(net, method=method)),
+    ]:
+        assert op.stochastic
+        with pytest.raises(ValueError, match="needs a PRNG key"):
+            op(x, t)
+
+    @eqx.filter_jit
+    def run(ops):
+        ours = {n: op(x, t) for n, op in ops.items()}
+        ours["derivatives"] = eqxderiv.derivatives(
+            net, x, t, (eqxderiv.Value, eqxderiv.Jacobian), method=method
+        )
+        return ours
+
+    ours = run(ops)
+    names = tuple(EXACT_UNDER_STOCHASTIC)
+    ref = reference(names, net, x, t) | reference(("Grad", "Hessian"), sca, x, t)
+    ref["residual"] = ref["TimeDerivative"] + ref["Advection"] - ref["Value"]
+    ref["derivatives"] = (ref["Value"], ref["Jacobian"])
+    assert_trees_close(ours, ref)
+
+
+ALL_OPS = VECTOR_OPS + ["Grad", "Hessian"]
+
+
+@pytest.mark.parametrize("batch", [(0,), (2, 0)])
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_empty_batch(batch, chunk_size, getkey):
+    # Regression: `chunk_size` with an empty batch raised a ZeroDivisionError.
+    net = JnpMLP(3, 3, 8, time=True, key=getkey())
+    sca = JnpMLP(3, None, 8, time=True, key=getkey())
+    x, t = jnp.zeros(batch + (3,)), jnp.zeros(batch + (1,))
+    ops = {
+        n: getattr(eqxderiv, n)(sca if n in ("Grad", "Hessian") else net)
+        for n in ALL_OPS
+    }
+    ops["hutchinson"] = eqxderiv.Laplacian(net, method=eqxderiv.Hutchinson(2))
+    ops["fused"] = eqxderiv.TimeDerivative(net) - 0.1 * eqxderiv.Laplacian(net)
+    key = getkey()
+
+    @eqx.filter_jit
+    def run(ops, x, t, key):
+        ours = {n: op(x, t, key=key, chunk_size=chunk_size) for n, op in ops.items()}
+        ours["derivatives"] = eqxderiv.derivatives(net, x, t, chunk_size=chunk_size)
+        return ours
+
+    ours = run(ops, x, t, key)
+    # The per-sample shapes, from a batch of one.
+    single = eqx.filter_eval_shape(run, ops, jnp.zeros((1, 3)), jnp.zeros((1, 1)), key)
+    for n, out in ours.items():
+        expected = jax.tree.map(lambda s: batch + s.shape[1:], single[n])
+        assert jax.tree.map(jnp.shape, out) == expected, n
+        assert jax.tree.map(jnp.size, out) == jax.tree.map(lambda _: 0, out), n
 
 
 # --------------------------------------------------------------------------------

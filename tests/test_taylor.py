@@ -360,23 +360,19 @@ def test_float32():
 
 def test_fallback_warns_once_and_is_exact(monkeypatch):
     monkeypatch.setattr(_taylor, "_WARNED", set())
-    # cumlogsumexp has no rule; its input carries a second-order term.
-    f = lambda x: lax.cumlogsumexp(jnp.sin(x) * x) * x  # noqa: E731
-    with pytest.warns(FallbackWarning, match="'cumlogsumexp'.*nested autodiff"):
+    # top_k has no rule; its input carries a second-order term.
+    f = lambda x: lax.top_k(jnp.sin(x) * x, 2)[0] * x[:2]  # noqa: E731
+    with pytest.warns(FallbackWarning, match="'top_k'.*nested autodiff"):
         check(f, (X,), (jnp.eye(4),), jnp.ones(4))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # traced again: no second warning
         jax.make_jaxpr(lambda x: collapsed_jet(f, (x,), (jnp.eye(4),), jnp.ones(4)))(X)
 
 
-def _scan_field(x):
-    return lax.scan(lambda c, _: (jnp.sin(c) * x, None), x, None, length=3)[0]
-
-
-def _while_field(x):
-    # The loop carry has an integer counter: a result the fallback must skip.
-    body = lambda c: (c[0] + 1, jnp.tanh(c[1]) * x)  # noqa: E731
-    return lax.while_loop(lambda c: c[0] < 3, body, (0, x))[1]
+def _top_k_field(x):
+    # Two results, one of them integer (the indices): the fallback must skip it.
+    values, indices = lax.top_k(jnp.tanh(x) * x, 3)
+    return values * x[indices]
 
 
 def _duplicate_scatter_field(x):
@@ -387,8 +383,7 @@ def _duplicate_scatter_field(x):
 @pytest.mark.parametrize(
     "name, f",
     [
-        ("scan", _scan_field),
-        ("while", _while_field),
+        ("top_k", _top_k_field),
         ("scatter", _duplicate_scatter_field),
     ],
 )

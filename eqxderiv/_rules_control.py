@@ -1,0 +1,236 @@
+"""Collapsed Taylor-mode rules for control flow: `scan`, `cond` and `while`
+bodies are interpreted in place (registered into the engine's rule table on
+import).
+
+The jet of a composition is the composition of the jets: for `y = f(u)`,
+
+$$(u, T_u, S_u) \\mapsto \\big(f(u),\\; f'(u) T_u,\\;
+f'(u) S_u + \\textstyle\\sum_k w_k f''(u)[T_{u,k}, T_{u,k}]\\big)$$
+
+is exactly what the interpreter computes, and a loop `c_{i+1} = f(c_i, x_i)` is
+a composition of such maps. So a loop over jets, whose body is the interpreter
+run on the loop's body, gives the jet of the loop; likewise a branch on jets is
+the jet of the branch, since the index does not depend on the inputs' directions
+(it is piecewise constant). The only work is structural: `lax.scan`,
+`lax.while_loop` and `lax.switch` need the same pytree structure on every
+iteration and in every branch, while the interpreter encodes zero tangents and
+second-order terms as `None`. Those are found beforehand by tracing the bodies
+abstractly (a fixed point over the loop carry, as in JAX's own `jvp` of `scan`)
+and then instantiated as explicit zeros where needed.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.extend import core
+
+from ._taylor import _RULES, _consts, _Ctx, _eval_jaxpr, _Jet, _primals
+
+
+__all__: list[str] = []
+
+
+# (has a tangent, has a second-order term) for each value of a fixed structure.
+Need = tuple[bool, bool]
+
+
+def _need(jet: _Jet, aval: Any) -> Need:
+    """What `jet` carries. A second-order term without a tangent cannot come out
+    of the rules, but is still read as needing a (zero) tangent, so that a
+    tangent of `None` keeps meaning "no curvature either"."""
+    if not jnp.issubdtype(aval.dtype, jnp.inexact):
+        return False, False
+    second = jet.second is not None
+    return jet.tangent is not None or second, second
+
+
+def _union(a: Sequence[Need], b: Sequence[Need]) -> list[Need]:
+    return [(ta or tb, sa or sb) for (ta, sa), (tb, sb) in zip(a, b)]
+
+
+def _instantiate(ctx: _Ctx, jet: _Jet, aval: Any, need: Need) -> _Jet:
+    """`jet` with the structure `need`: zeros where a term is needed but `None`,
+    every term cast to the value's dtype (branch and loop outputs must agree in
+    type too). Needs are unions, so a term is never present but unwanted."""
+    dtype = aval.dtype
+    primal = jnp.asarray(jet.primal, dtype)
+    want_t, want_s = need
+    if not want_t:
+        assert jet.tangent is None and jet.second is None
+        return _Jet(primal, None, None)
+    k = ctx.weights.shape[0]
+    t = jet.tangent
+    t = jnp.zeros((k, *aval.shape), dtype) if t is None else t.astype(dtype)
+    s = jet.second
+    if want_s:
+        s = jnp.zeros(aval.shape, dtype) if s is None else s.astype(dtype)
+    else:
+        assert s is None
+    return _Jet(primal, t, s)
+
+
+def _instantiate_all(
+    ctx: _Ctx, jets: Sequence[_Jet], avals: Sequence[Any], needs: Sequence[Need]
+) -> list[_Jet]:
+    return [_instantiate(ctx, j, a, n) for j, a, n in zip(jets, avals, needs)]
+
+
+def _needs_of(jets: Sequence[Any], avals: Sequence[Any]) -> list[Need]:
+    # Works on jets of arrays and on their `eval_shape` (ShapeDtypeStruct leaves):
+    # only which terms are `None` is read.
+    return [_need(j, a) for j, a in zip(jets, avals)]
+
+
+def _carry_needs(
+    ctx: _Ctx,
+    step: Callable[..., tuple[list[_Jet], Any]],
+    init: Sequence[_Jet],
+    avals: Sequence[Any],
+    *args: Any,
+) -> list[Need]:
+    """The least structure for a loop carry that is closed under the body.
+
+    A carry needs a tangent (second-order term) if its initial value has one, or
+    if one iteration from the current structure gives it one; e.g. in
+    `c <- c * x` started at a constant, `c` has no tangent before the first
+    iteration and a second-order term only after the second. Each round adds at
+    least one term, so this ends after at most `2 * len(init)` rounds. The body is
+    only traced abstractly (`jax.eval_shape`); nothing runs.
+    """
+    needs = _needs_of(init, avals)
+    for _ in range(2 * len(needs) + 1):
+
+        def once(carry: list[_Jet], *a: Any, needs: list[Need] = needs) -> list[_Jet]:
+            return step(_instantiate_all(ctx, carry, avals, needs), *a)[0]
+
+        out = jax.eval_shape(once, list(init), *args)
+        new = _union(needs, _needs_of(out, avals))
+        if new == needs:
+            return needs
+        needs = new
+    raise AssertionError("the carry structure did not reach a fixed point")
+
+
+def _slice_struct(jet: _Jet) -> _Jet:
+    """The abstract per-iteration slice of a stacked (scan axis first) jet."""
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[1:], jnp.result_type(a)), jet
+    )
+
+
+def _move_k(t: Any, src: int, dst: int) -> Any:
+    return None if t is None else jnp.moveaxis(t, src, dst)
+
+
+# --------------------------------------------------------------------------------
+# cond
+
+
+def _cond(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+    """`cond(index, *ops)` picks one of `branches`; the jets go through the chosen
+    branch's interpretation, `lax.switch`ed on the (tangent-free) index.
+
+    An output has a tangent (second-order term) if it has one in any branch; the
+    other branches give explicit zeros there, which is the exact derivative of a
+    branch that does not depend on the inputs.
+    """
+    branches: Sequence[core.ClosedJaxpr] = eqn.params["branches"]
+    index, ops = jets[0], jets[1:]
+    avals = [v.aval for v in eqn.outvars]
+
+    def run(branch: core.ClosedJaxpr) -> Callable[[list[_Jet]], list[_Jet]]:
+        return lambda ops: _eval_jaxpr(ctx, branch.jaxpr, branch.consts, ops)
+
+    needs = [(False, False)] * len(avals)
+    for branch in branches:
+        needs = _union(needs, _needs_of(jax.eval_shape(run(branch), ops), avals))
+
+    def instantiated(branch: core.ClosedJaxpr) -> Callable[[list[_Jet]], list[_Jet]]:
+        return lambda ops: _instantiate_all(ctx, run(branch)(ops), avals, needs)
+
+    return lax.switch(index.primal, [instantiated(b) for b in branches], ops)
+
+
+# --------------------------------------------------------------------------------
+# scan
+
+
+def _scan(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+    """`scan` over jets: the carry is a list of jets of fixed structure (see
+    `_carry_needs`), the consts are closed over as they are (with or without
+    tangents), and the stacked inputs and outputs are jets whose primal and
+    second-order term have the scan axis first while the tangent has it second,
+    `(K, L, ...)`; inside the body the tangent of a slice is `(K, ...)`.
+    """
+    p = eqn.params
+    body: core.ClosedJaxpr = p["jaxpr"]
+    nc, nk = p["num_consts"], p["num_carry"]
+    consts, init, xs = jets[:nc], jets[nc : nc + nk], jets[nc + nk :]
+    avals = body.in_avals[nc : nc + nk]
+    # lax.scan slices along the leading axis: move the scan axis before K.
+    xs = [_Jet(x.primal, _move_k(x.tangent, 1, 0), x.second) for x in xs]
+
+    def step(carry: list[_Jet], x: list[_Jet]) -> tuple[list[_Jet], list[_Jet]]:
+        outs = _eval_jaxpr(ctx, body.jaxpr, body.consts, [*consts, *carry, *x])
+        return outs[:nk], outs[nk:]
+
+    needs = _carry_needs(ctx, step, init, avals, [_slice_struct(x) for x in xs])
+
+    def looped(carry: list[_Jet], x: list[_Jet]) -> tuple[list[_Jet], list[_Jet]]:
+        out, ys = step(carry, x)
+        return _instantiate_all(ctx, out, avals, needs), ys
+
+    carry, ys = lax.scan(
+        looped,
+        _instantiate_all(ctx, init, avals, needs),
+        xs,
+        length=p["length"],
+        reverse=p["reverse"],
+        unroll=p["unroll"],
+    )
+    ys = [_Jet(y.primal, _move_k(y.tangent, 0, 1), y.second) for y in ys]
+    return [*carry, *ys]
+
+
+# --------------------------------------------------------------------------------
+# while
+
+
+def _while(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+    """`while` over jets: the predicate is evaluated on the primals alone (it is
+    piecewise constant in the inputs), the body on the carry's jets, whose
+    structure is the fixed point of `_carry_needs`.
+
+    The trip count depends on the values, so this is forward only: like JAX's own
+    `while_loop`, the result cannot be differentiated in reverse mode.
+    """
+    p = eqn.params
+    cond: core.ClosedJaxpr = p["cond_jaxpr"]
+    body: core.ClosedJaxpr = p["body_jaxpr"]
+    cn, bn = p["cond_nconsts"], p["body_nconsts"]
+    cond_consts = _primals(jets[:cn])
+    body_consts, init = jets[cn : cn + bn], jets[cn + bn :]
+    avals = body.in_avals[bn:]
+
+    def pred(carry: list[_Jet]) -> Any:
+        args = _consts([*cond_consts, *_primals(carry)])
+        (out,) = _eval_jaxpr(ctx, cond.jaxpr, cond.consts, args)
+        return out.primal
+
+    def step(carry: list[_Jet]) -> tuple[list[_Jet], None]:
+        return _eval_jaxpr(ctx, body.jaxpr, body.consts, [*body_consts, *carry]), None
+
+    needs = _carry_needs(ctx, step, init, avals)
+    return lax.while_loop(
+        pred,
+        lambda carry: _instantiate_all(ctx, step(carry)[0], avals, needs),
+        _instantiate_all(ctx, init, avals, needs),
+    )
+
+
+_RULES["cond"] = _cond
+_RULES["scan"] = _scan
+_RULES["while"] = _while

@@ -1,0 +1,215 @@
+"""Collapsed Taylor-mode rules for elementwise functions, with their partial
+derivatives taken from JAX's own derivative rules.
+
+For `y = g(a_1, ..., a_n)` applied elementwise,
+
+$$T_y = \\sum_i g_i T_{a_i}, \\qquad
+S_y = \\sum_i g_i S_{a_i} + \\sum_{i, j} g_{ij} \\sum_k w_k T_{a_i}[k] T_{a_j}[k],$$
+
+where `g_i = ∂g/∂a_i` and `g_ij = ∂(g_i)/∂a_j` are computed by `jax.jvp` along a
+tensor of ones, once per primitive application (not per direction). So every
+convention JAX chooses, at a kink (`abs` at 0 has slope 1, `relu` at 0 slope 0),
+at a tie (`max(a, a)` splits the derivative evenly, `clamp` at its bounds has
+none) or at a special point (`pow(0, b)`, a custom rule's safe branch), is the one
+nested `jax.jacfwd` / `jax.hessian` would use, and the mixed term uses `g_ij` and
+`g_ji` exactly where nested autodiff does.
+
+Which second partials vanish identically is metadata of each primitive (for
+custom functions it is read off the traced second partial), so that a piecewise
+linear function (`abs`, `max`, `relu`) pays for no second-order product.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core
+
+from ._taylor import (
+    _RULES,
+    _add,
+    _Ctx,
+    _Jet,
+    _jet,
+    _lift,
+    _mul,
+    _primals,
+    nested_jet,
+)
+
+
+# Which second partials `(i, j)` (`∂(∂g/∂a_i)/∂a_j`) may be nonzero: "all", or a
+# set of pairs. Unary primitives with a curvature.
+_CURVED_UNARY = (
+    "tanh",
+    "logistic",
+    "exp",
+    "exp2",
+    "expm1",
+    "log",
+    "log1p",
+    "sin",
+    "cos",
+    "tan",
+    "sinh",
+    "cosh",
+    "asin",
+    "acos",
+    "atan",
+    "asinh",
+    "acosh",
+    "atanh",
+    "sqrt",
+    "rsqrt",
+    "cbrt",
+    "erf",
+    "erfc",
+    "erf_inv",
+    "lgamma",
+    "digamma",
+    "bessel_i0e",
+    "bessel_i1e",
+    "square",
+)
+
+Curvature = str | frozenset[tuple[int, int]]
+
+_CURVATURE: dict[str, Curvature] = {name: "all" for name in _CURVED_UNARY}
+_CURVATURE.update(
+    {
+        # a / b: linear in a.
+        "div": frozenset({(0, 1), (1, 0), (1, 1)}),
+        "pow": "all",
+        "atan2": "all",
+        # In the second argument only (the first is the order, or a parameter).
+        "polygamma": frozenset({(1, 1)}),
+        "igamma": "all",
+        "igammac": "all",
+        # Piecewise linear: JAX's first partials are piecewise constant.
+        "abs": frozenset(),
+        "max": frozenset(),
+        "min": frozenset(),
+        "clamp": frozenset(),
+        "rem": frozenset(),
+    }
+)
+
+# Holomorphic primitives: for complex operands, `T_y = g'(z) T` still holds with
+# the complex derivative. Every other elementwise primitive on complex values
+# (`abs` of a complex number, ...) goes through nested autodiff, which follows
+# JAX's definition of a real directional derivative.
+_HOLOMORPHIC = frozenset(
+    {
+        "tanh",
+        "logistic",
+        "exp",
+        "expm1",
+        "log",
+        "log1p",
+        "sin",
+        "cos",
+        "tan",
+        "sinh",
+        "cosh",
+        "asin",
+        "acos",
+        "atan",
+        "asinh",
+        "acosh",
+        "atanh",
+        "sqrt",
+        "rsqrt",
+        "square",
+        "integer_pow",
+        "div",
+        "pow",
+    }
+)
+
+
+def _partial(fn: Callable[..., Any], i: int) -> Callable[..., Any]:
+    """`∂fn/∂a_i` of an elementwise `fn`, by JAX's `jvp` along ones."""
+
+    def d(*args: Any) -> Any:
+        def along(ai: Any) -> Any:
+            new = list(args)
+            new[i] = ai
+            return fn(*new)
+
+        ai = args[i]
+        return jax.jvp(along, (ai,), (jnp.ones_like(ai),))[1]
+
+    return d
+
+
+def _curved(curvature: Curvature, i: int, j: int) -> bool:
+    return curvature == "all" or (i, j) in frozenset(curvature)
+
+
+def elementwise_jet(
+    ctx: _Ctx,
+    fn: Callable[..., Any],
+    jets: Sequence[_Jet],
+    curvature: Curvature | Callable[[int, int], bool],
+) -> list[_Jet]:
+    """The output jet of the elementwise `fn(*primals) -> array`.
+
+    `curvature` says which second partials may be nonzero (a `Curvature`, or a
+    predicate on `(i, j)`); the others are skipped along with their products.
+    """
+    primals = [jnp.asarray(p) for p in _primals(jets)]
+    y = fn(*primals)
+    if not jnp.issubdtype(y.dtype, jnp.inexact):
+        return [_Jet(y, None, None)]
+    live = [i for i, j in enumerate(jets) if j.tangent is not None]
+    ts = {i: _lift(jets[i].tangent, y.ndim) for i in live}
+    if callable(curvature):
+        curved = curvature
+    else:
+        curved = lambda i, j: _curved(curvature, i, j)  # noqa: E731
+    t = s = None
+    for i in live:
+        gi = _partial(fn, i)(*primals)
+        t = _add(t, _mul(gi, ts[i]))
+        s = _add(s, _mul(gi, jets[i].second))
+    for n, i in enumerate(live):
+        for j in live[n:]:
+            # The collapsed sum over directions pairs T_i with T_j and T_j with
+            # T_i: nested autodiff uses ∂g_i/∂a_j for one and ∂g_j/∂a_i for the
+            # other, which differ at some special points.
+            pairs = [(i, j)] if i == j else [(i, j), (j, i)]
+            coef = None
+            for a, b in pairs:
+                if curved(a, b):
+                    coef = _add(coef, _partial(_partial(fn, a), b)(*primals))
+            if coef is not None:
+                s = _add(s, coef * ctx.quad(ts[i], ts[j]))  # pyright: ignore
+    return _jet(y, t, s)
+
+
+def _is_complex(dtype: Any) -> bool:
+    return dtype is not None and bool(jnp.issubdtype(dtype, jnp.complexfloating))
+
+
+def _elementwise_rule(name: str) -> Callable[..., list[_Jet]]:
+    def rule(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+        fn = lambda *a: eqn.primitive.bind(  # noqa: E731
+            *a, **eqn.primitive.get_bind_params(eqn.params)
+        )
+        dtypes = [jnp.result_type(p) for p in _primals(jets)]
+        dtypes += [getattr(o.aval, "dtype", None) for o in eqn.outvars]
+        if name not in _HOLOMORPHIC and any(_is_complex(d) for d in dtypes):
+            return nested_jet(
+                ctx, lambda *a: [fn(*a)], jets, f"'{name}' of a complex value"
+            )
+        curvature = _CURVATURE.get(name, "all")
+        if name == "integer_pow" and eqn.params["y"] in (0, 1):
+            curvature = frozenset()
+        return elementwise_jet(ctx, fn, jets, curvature)
+
+    return rule
+
+
+for _name in (*_CURVATURE, "integer_pow"):
+    _RULES[_name] = _elementwise_rule(_name)
