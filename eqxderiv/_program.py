@@ -34,9 +34,7 @@ def primitive_names(jaxpr: core.Jaxpr) -> set[str]:
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr"}
 
 
-def _eval_with_forward_rules(
-    jaxpr: core.Jaxpr, consts: Any, args: Any
-) -> list[Any]:
+def _eval_with_forward_rules(jaxpr: core.Jaxpr, consts: Any, args: Any) -> list[Any]:
     """Evaluates `jaxpr`, binding every `custom_vjp` call as a function whose JVP
     is the transpose of its VJP (`forward_rule_of_vjp`); calls that contain one
     are inlined."""

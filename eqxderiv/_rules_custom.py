@@ -31,7 +31,16 @@ import numpy as np
 from jax.extend import core
 
 from ._rules_elementwise import _CURVATURE, _partial, elementwise_jet
-from ._taylor import _RULES, _bind, _Ctx, _is_float, _Jet, _primals, nested_jet
+from ._taylor import (
+    _RULES,
+    _bind,
+    _Ctx,
+    _eval_jaxpr,
+    _is_float,
+    _Jet,
+    _primals,
+    nested_jet,
+)
 
 
 # Primitives that act elementwise on operands of one shape (or rank 0).
@@ -184,7 +193,18 @@ def custom_function_jet(
     return nested_jet(ctx, f, sub, what)
 
 
+# Predicates `(eqn, jets) -> bool` naming `custom_jvp` functions whose rule is
+# known to be the derivative of their primal code (for the operands at hand), so
+# that the primal can be interpreted with the collapsed rules instead of a nested
+# JVP of the rule per direction. Rule modules append to it (`_rules_linalg.py`:
+# `det`, `slogdet`).
+PRIMAL_IS_RULE: list[Callable[[core.JaxprEqn, Sequence[_Jet]], bool]] = []
+
+
 def _custom_jvp(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+    if any(known(eqn, jets) for known in PRIMAL_IS_RULE):
+        closed = eqn.params["call_jaxpr"]
+        return _eval_jaxpr(ctx, closed.jaxpr, closed.consts, jets)
     fn = lambda *a: _bind(eqn, a)  # noqa: E731
     return custom_function_jet(ctx, fn, jets, "a custom_jvp function")
 

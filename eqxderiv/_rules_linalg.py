@@ -24,12 +24,14 @@ through its `matvec` only.
 
 Registered: `triangular_solve`, `cholesky`, `lu`, `custom_linear_solve` (what
 `jnp.linalg.solve` / `inv` use), `eigh`, `lu_pivots_to_permutation` (integer),
-and, for `jnp.linalg.det` / `slogdet`, a `custom_jvp_call` wrapper that
-interprets those functions' primal code (see `_PRIMAL_IS_RULE`). `qr` and the
+and, for `jnp.linalg.det` / `slogdet`, an entry in `_rules_custom.PRIMAL_IS_RULE`
+so that those `custom_jvp` functions' primal code is interpreted (see
+`_PRIMAL_IS_RULE`). `qr` and the
 other decompositions take the engine's fallback.
 """
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -37,9 +39,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend import core
 
-# The generic rule for `custom_jvp` functions is registered there; importing it
-# first makes sure that the wrapper below sees it, whatever the import order.
-from . import _rules_custom as _rules_custom
+from ._rules_custom import PRIMAL_IS_RULE
 from ._taylor import (
     _RULES,
     _bind,
@@ -424,8 +424,6 @@ def _custom_linear_solve(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> lis
 _PRIMAL_IS_RULE = frozenset({"_det", "_slogdet_lu", "_slogdet_small"})
 _JNP_LINALG = os.path.join("jax", "_src", "numpy", "linalg.py")
 
-_generic_custom_jvp = _RULES["custom_jvp_call"]
-
 
 def _jnp_linalg_function(eqn: core.JaxprEqn) -> str | None:
     """The name of the `jax.numpy.linalg` function that a `custom_jvp_call`
@@ -439,12 +437,9 @@ def _jnp_linalg_function(eqn: core.JaxprEqn) -> str | None:
     return name if _JNP_LINALG in where else None
 
 
-def _custom_jvp(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+def _det_primal_is_rule(eqn: core.JaxprEqn, jets: Sequence[_Jet]) -> bool:
     real = all(jnp.issubdtype(jnp.result_type(j.primal), jnp.floating) for j in jets)
-    if real and _jnp_linalg_function(eqn) in _PRIMAL_IS_RULE:
-        closed = eqn.params["call_jaxpr"]
-        return _eval_jaxpr(ctx, closed.jaxpr, closed.consts, jets)
-    return _generic_custom_jvp(ctx, eqn, jets)
+    return real and _jnp_linalg_function(eqn) in _PRIMAL_IS_RULE
 
 
 # --------------------------------------------------------------------------------
@@ -461,4 +456,4 @@ _RULES["lu"] = _lu
 _RULES["custom_linear_solve"] = _custom_linear_solve
 _RULES["eigh"] = _eigh
 _RULES["lu_pivots_to_permutation"] = _integer_rule
-_RULES["custom_jvp_call"] = _custom_jvp
+PRIMAL_IS_RULE.append(_det_primal_is_rule)

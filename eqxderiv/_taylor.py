@@ -828,8 +828,8 @@ def collapsed_jet(
     Works under `jax.jit`, `jax.vmap` and reverse-mode autodiff (also with respect to
     arrays that `fn` closes over). A primitive without a dedicated rule is evaluated
     through nested `jax.jvp` and raises a `FallbackWarning` once per primitive.
-    Functions with custom derivatives (`jax.custom_jvp`/`custom_vjp`) are propagated
-    through their primal implementation.
+    Functions with custom derivatives (`jax.custom_jvp`/`custom_vjp`) follow their
+    own rules (see `_rules_custom.py`).
     """
     if len(primals) != len(tangents):
         raise ValueError(f"got {len(primals)} primals but {len(tangents)} tangents")

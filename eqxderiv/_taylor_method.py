@@ -63,10 +63,10 @@ class Taylor(AbstractJetMethod):
         bound memory for large `d` (the value is recomputed per chunk). `None`
         propagates all directions at once.
     - `compress`: allow the compression above (default `True`). Values and
-        derivatives of every order agree either way, except where the first
-        layer's weights for the inputs are rank-deficient (say, whole rows set to
-        zero): the factorisation then has no derivative, and gradients with
-        respect to those weights come out as NaN. Pass `False` for such a field.
+        parameter gradients agree either way, also where the first layer's
+        weights for the inputs are rank-deficient (say, whole rows set to zero).
+        Second derivatives with respect to the parameters through such a layer
+        are exact only with `compress=False`.
     """
 
     chunk_size: int | None = eqx.field(default=None, static=True, converter=as_int)

@@ -615,3 +615,76 @@ def test_compress_with_a_contraction_is_an_error():
         collapsed_jet(jnp.sin, (X,), (eye,), jnp.ones(4), eye, compress=True)
     with pytest.raises(ValueError, match="identity=True needs compress=True"):
         collapsed_jet(jnp.sin, (X,), (eye,), jnp.ones(4), identity=True)
+
+
+def _zero_row_mlp(seed):
+    # A first layer with one row of zeros (rank-deficient tangents at the narrow
+    # layer), as a zero-initialised unit gives at the start of training.
+    net = make_mlp(_D, 3, jnp.tanh, seed)
+    first = net.layers[0]
+    return eqx.tree_at(lambda n: n.layers[0].weight, net, first.weight.at[2].set(0.0))
+
+
+@pytest.mark.parametrize("path", ["identity", "pushed"])
+def test_compressed_rank_deficient_first_layer(path):
+    # Regression: the QR factor's derivative divides by its zero diagonal, which
+    # gave NaN parameter gradients. Values and gradients must equal nested AD.
+    net = _zero_row_mlp(21)
+    x = jnp.asarray(np.random.default_rng(22).normal(size=_D))
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    V = jnp.eye(_D)
+
+    def ours(p):
+        fn = eqx.combine(p, static)
+        _, _, s = collapsed_jet(
+            fn, (x,), (V,), jnp.ones(_D), compress=True, identity=path == "identity"
+        )
+        return jnp.sum(jnp.sin(s))
+
+    def nested(p):
+        return jnp.sum(jnp.sin(laplacian(eqx.combine(p, static), x)))
+
+    @quick_jit
+    def run(p):
+        return jax.value_and_grad(ours)(p), jax.value_and_grad(nested)(p)
+
+    got, want = run(params)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert np.all(np.isfinite(np.asarray(g)))
+        assert_close(g, w, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_compressed_half_precision(dtype):
+    # LAPACK has no half-precision QR: the factor is computed in float32.
+    import eqxderiv
+
+    net = make_mlp(_D, 3, jnp.tanh, 23, dtype=jnp.float32)
+    x = np.random.default_rng(24).normal(size=(2, _D)).astype(np.float32)
+    half = jax.tree.map(lambda a: a.astype(dtype) if eqx.is_array(a) else a, net)
+    got = eqx.filter_jit(eqxderiv.Laplacian(half))(jnp.asarray(x, dtype))
+    want = jax.vmap(lambda a: laplacian(net, a))(jnp.asarray(x))
+    assert got.dtype == dtype
+    scale = float(np.max(np.abs(np.asarray(want))))
+    np.testing.assert_allclose(
+        np.asarray(got.astype(jnp.float32)), np.asarray(want), atol=0.05 * scale
+    )
+
+
+def test_compressed_complex_intermediate(monkeypatch):
+    # A complex value after the narrow layer: its tangents are complex, which have
+    # no real Gram factor, so the pass goes on uncompressed; values stay exact.
+    def fn(x):
+        z = _K1.T @ x  # (5,), narrower than x
+        return jnp.abs(jnp.sum(jnp.exp(1j * z) * z))
+
+    x = jnp.asarray(np.random.default_rng(25).normal(size=_D))
+    V = jnp.eye(_D)
+    for identity in (False, True):
+        # `abs` of a complex value goes through nested autodiff, which warns.
+        with pytest.warns(FallbackWarning, match="'abs' of a complex value"):
+            monkeypatch.setattr(_taylor, "_WARNED", set())
+            _, _, s = collapsed_jet(
+                fn, (x,), (V,), jnp.ones(_D), compress=True, identity=identity
+            )
+        assert_close(s, laplacian(fn, x))
