@@ -31,6 +31,7 @@ from ._method import (
 from ._nn import SpaceTimeMLP as SpaceTimeMLP
 from ._operator import AbstractOperator as AbstractOperator
 from ._stochastic import Hutchinson as Hutchinson, SparseSampling as SparseSampling
+from ._taylor import FallbackWarning as FallbackWarning
 from ._taylor_method import Taylor as Taylor
 from ._time import TimeDerivative as TimeDerivative
 from ._value import Value as Value

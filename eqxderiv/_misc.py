@@ -1,5 +1,6 @@
 """Input validation and batching shared by every operator."""
 
+import contextlib
 import inspect
 import math
 import operator
@@ -317,6 +318,26 @@ def _keys_like_batch(keys: Any, x: jax.Array, nb: int) -> Any:
     return jax.sharding.reshard(keys, target)
 
 
+def _batch_mesh(x: jax.Array) -> Any:
+    """A context that makes the mesh of `x` the current (abstract) mesh while the
+    batch `vmap` is traced, where `x` is sharded over a mesh with explicit axes and
+    no mesh is set (`jax.jit` on explicitly sharded inputs, without
+    `jax.set_mesh`). Without it, JAX's batching rules fail on an equation that
+    mixes a batched operand with an unbatched one, e.g. `concatenate` of a
+    per-sample probe's tangent with the zero tangent of `t` ("Resource axis:
+    batch ... is not found in mesh: ()"): they build the broadcast operand's
+    sharding on the empty context mesh. Elsewhere, a null context."""
+    try:
+        mesh = jax.typeof(x).sharding.mesh
+        explicit = jax.sharding.AxisType.Explicit in mesh.axis_types
+        unset = jax.sharding.get_abstract_mesh().empty
+    except Exception:  # pragma: no cover - older JAX without explicit sharding
+        return contextlib.nullcontext()
+    if not (explicit and unset):
+        return contextlib.nullcontext()
+    return jax.sharding.use_abstract_mesh(getattr(mesh, "abstract_mesh", mesh))
+
+
 def map_batch(
     fn: Callable[[Any, Any, Any], Any],
     x: jax.Array,
@@ -346,7 +367,8 @@ def map_batch(
         f = fn
         for _ in batch:
             f = jax.vmap(f)
-        return f(x, t, keys)
+        with _batch_mesh(x):
+            return f(x, t, keys)
     size = min(chunk_size, n)
     num = -(-n // size)
     pad = num * size - n
@@ -360,9 +382,10 @@ def map_batch(
             a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)])
         return jnp.swapaxes(a.reshape((size, num) + a.shape[1:]), 0, 1)
 
-    out = jax.lax.map(
-        lambda args: jax.vmap(fn)(*args), (strided(x), strided(t), strided(keys))
-    )
+    with _batch_mesh(x):
+        out = jax.lax.map(
+            lambda args: jax.vmap(fn)(*args), (strided(x), strided(t), strided(keys))
+        )
 
     def unstrided(o):
         o = jnp.swapaxes(o, 0, 1).reshape((num * size,) + o.shape[2:])[:n]

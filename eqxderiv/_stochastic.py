@@ -21,7 +21,7 @@ def _rademacher(key, shape, dtype):
     """
     k, d = shape
     words = jax.random.bits(key, (k, -(-d // 32)), dtype=jnp.uint32)
-    bits = (words[:, :, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+    bits = (words[:, :, None] >> jnp.arange(32, dtype=jnp.uint32)[None, None]) & 1
     bits = bits.reshape(k, -1)[:, :d]
     return (2 * bits.astype(dtype) - 1).astype(dtype)
 

@@ -25,6 +25,8 @@ maps; it lets those maps skip their second-order work.
 """
 
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -40,8 +42,11 @@ __all__ = ["FallbackWarning", "collapsed_jet"]
 
 
 class FallbackWarning(UserWarning):
-    """A primitive without a collapsed Taylor-mode rule was evaluated through nested
-    `jax.jvp`. The result is exact, but the compiled program may be slower."""
+    """A primitive without a collapsed Taylor-mode rule, or a custom-derivative
+    function that is not elementwise, was evaluated through nested `jax.jvp`
+    (one JVP of a JVP per direction). The result is exact, JAX's own, but the
+    compiled program may be slower. Raised once per primitive; silence it with
+    `warnings.simplefilter("ignore", eqxderiv.FallbackWarning)`."""
 
 
 class _Jet(NamedTuple):
@@ -217,6 +222,7 @@ for _p in (
     "tile",
     "split",
     "unstack",
+    "fft",  # every FFT type is linear over the reals
 ):
     _RULES[_p] = _linear_rule([0])
 for _p in ("concatenate", "stack", "device_put", "optimization_barrier"):
@@ -426,6 +432,45 @@ _RULES["checkpoint"] = _call_rule("jaxpr")
 _WARNED: set[str] = set()
 
 
+def _internal_dirs() -> tuple[str, ...]:
+    import contextlib  # noqa: PLC0415 - stdlib, for its location only
+
+    import equinox
+
+    mods = (jax, equinox, contextlib, warnings)
+    dirs = [os.path.dirname(os.path.abspath(__file__))]
+    dirs += [os.path.dirname(os.path.abspath(m.__file__ or "")) for m in mods]
+    try:
+        import jaxtyping
+
+        dirs.append(os.path.dirname(os.path.abspath(jaxtyping.__file__ or "")))
+    except ImportError:  # pragma: no cover - jaxtyping is a dependency
+        pass
+    return tuple(d + os.sep for d in dirs)
+
+
+def _warn_at_user_call(message: str) -> None:
+    """Warns `FallbackWarning` at the first frame outside eqxderiv, JAX, Equinox,
+    jaxtyping and the standard library: the user's call that led to it."""
+    internal = _internal_dirs()
+    frame = sys._getframe(1)
+    while frame.f_back is not None and (
+        frame.f_code.co_filename.startswith(internal)
+        or frame.f_code.co_filename.startswith("<frozen")
+    ):
+        frame = frame.f_back
+    module = frame.f_globals.get("__name__", "<unknown>")
+    registry = frame.f_globals.setdefault("__warningregistry__", {})
+    warnings.warn_explicit(
+        message,
+        FallbackWarning,
+        frame.f_code.co_filename,
+        frame.f_lineno,
+        module,
+        registry,
+    )
+
+
 def _fallback(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
     """Any primitive, through `jax.jvp` on `bind` (see `nested_jet`)."""
     return nested_jet(
@@ -453,12 +498,10 @@ def nested_jet(
         return _consts(outs)
     if what not in _WARNED:
         _WARNED.add(what)
-        warnings.warn(
+        _warn_at_user_call(
             f"eqxderiv: {what} has no collapsed Taylor-mode rule; it is "
             "evaluated through nested autodiff (a jvp of a jvp per direction), "
-            "which may be slower.",
-            FallbackWarning,
-            stacklevel=2,
+            "which may be slower."
         )
 
     diff = [i for i, j in enumerate(jets) if j.tangent is not None]
@@ -860,27 +903,35 @@ def collapsed_jet(
         raise ValueError(
             f"fn must return a single array; got {len(closed.jaxpr.outvars)} outputs"
         )
-    if compress and contract is not None:
-        raise ValueError("compress=True does not go with a contraction")
-    if identity:
-        live = [i for i, t in enumerate(tangents) if t is not None]
-        if not compress or len(live) != 1:
-            raise ValueError("identity=True needs compress=True and one tangent input")
-        found = _identity_compressed(closed, primals, live[0])
-        if found is not None:
-            return found[0], None, found[1]
-    env: dict[core.Var, _Jet] = {}
-    (out,) = _eval_jaxpr(
-        _Ctx(weights), closed.jaxpr, closed.consts, args, env, compress
-    )
-    y = jnp.asarray(out.primal)
-    s = jnp.zeros(y.shape, y.dtype) if out.second is None else out.second
-    if compress:
-        return y, None, s
-    t = jnp.zeros((num, *y.shape), y.dtype) if out.tangent is None else out.tangent
-    if contract is None:
-        return y, t, s
-    return y, t, s, _contract(closed.jaxpr, env, t, weights, jnp.asarray(contract))
+    # The user's code was traced above under the user's own settings. The
+    # engine's own array code broadcasts rank-0 and K-leading operands on
+    # purpose, so it runs under JAX's default promotion rules even where the
+    # user asked for `jax_numpy_rank_promotion="raise"` or strict dtype
+    # promotion.
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        if compress and contract is not None:
+            raise ValueError("compress=True does not go with a contraction")
+        if identity:
+            live = [i for i, t in enumerate(tangents) if t is not None]
+            if not compress or len(live) != 1:
+                raise ValueError(
+                    "identity=True needs compress=True and one tangent input"
+                )
+            found = _identity_compressed(closed, primals, live[0])
+            if found is not None:
+                return found[0], None, found[1]
+        env: dict[core.Var, _Jet] = {}
+        (out,) = _eval_jaxpr(
+            _Ctx(weights), closed.jaxpr, closed.consts, args, env, compress
+        )
+        y = jnp.asarray(out.primal)
+        s = jnp.zeros(y.shape, y.dtype) if out.second is None else out.second
+        if compress:
+            return y, None, s
+        t = jnp.zeros((num, *y.shape), y.dtype) if out.tangent is None else out.tangent
+        if contract is None:
+            return y, t, s
+        return y, t, s, _contract(closed.jaxpr, env, t, weights, jnp.asarray(contract))
 
 
 def _contract(

@@ -24,6 +24,25 @@ if jax.__version__.startswith("0.10.") and "XLA_FLAGS" not in os.environ:
 jax.config.update("jax_enable_x64", True)
 
 
+# `test_multidevice.py` shards batches over 8 CPU devices. JAX fixes the number of
+# CPU devices when its backend starts, at the first JAX operation of the session,
+# which is after this file runs (it runs before any test module is imported). The
+# setting takes precedence over `--xla_force_host_platform_device_count` in the
+# user's XLA_FLAGS, so it works whether or not they are set; a larger count asked
+# for with JAX_NUM_CPU_DEVICES is kept. Other tests are unaffected: arrays not put
+# on a device explicitly live on the default device, CPU device 0, as before (on a
+# GPU or TPU machine the default device is still the accelerator's first).
+MULTIDEVICE_CPUS = 8
+if jax.config.values["jax_num_cpu_devices"] < MULTIDEVICE_CPUS:
+    try:
+        jax.config.update("jax_num_cpu_devices", MULTIDEVICE_CPUS)
+    except RuntimeError:  # a plugin started the backend: test_multidevice skips
+        pass
+# Strict settings many users turn on: nothing in the library (or the tests) may
+# rely on implicit rank promotion.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
 @pytest.fixture
 def getkey():
     """Returns a function giving a fresh PRNG key on each call; the sequence is the

@@ -87,19 +87,26 @@ def mat(x, n=3, shift=3.0, batch=()):
     size = int(np.prod(batch, dtype=int)) * n * n
     c = jnp.arange(size, dtype=x.dtype).reshape(*batch, n, n)
     feats = jnp.sin(
-        0.3 * c + jnp.tensordot(jnp.cos(c[..., None] + jnp.arange(D)), x, axes=1)
+        0.3 * c
+        + jnp.tensordot(
+            jnp.cos(c[..., None] + jnp.arange(D).reshape((1,) * c.ndim + (D,))),
+            x,
+            axes=1,
+        )
     )
-    return shift * jnp.eye(n, dtype=x.dtype) + 0.5 * feats
+    eye = jnp.eye(n, dtype=x.dtype).reshape((1,) * len(batch) + (n, n))
+    return shift * eye + 0.5 * feats
 
 
 def spd(x, n=3, batch=()):
     m = mat(x, n, shift=1.0, batch=batch)
-    return m @ jnp.swapaxes(m, -1, -2) + n * jnp.eye(n, dtype=x.dtype)
+    eye = jnp.eye(n, dtype=x.dtype).reshape((1,) * len(batch) + (n, n))
+    return m @ jnp.swapaxes(m, -1, -2) + n * eye
 
 
 def rhs(x, n=3, cols=None):
     v = jnp.cos(x[jnp.arange(n) % D] + jnp.arange(n))
-    return v if cols is None else v[:, None] * jnp.arange(1.0, cols + 1)
+    return v if cols is None else v[:, None] * jnp.arange(1.0, cols + 1)[None, :]
 
 
 def run(fn, **kw):
@@ -397,7 +404,7 @@ def test_parameter_gradient():
 def sym_distinct(x, n=4, batch=()):
     """Symmetric, with well-separated eigenvalues (about 3, 6, 9, ...)."""
     m = 0.3 * mat(x, n, shift=0.0, batch=batch)
-    spread = jnp.diag(3.0 * jnp.arange(1.0, n + 1))
+    spread = jnp.diag(3.0 * jnp.arange(1.0, n + 1)).reshape((1,) * len(batch) + (n, n))
     return spread + m + jnp.swapaxes(m, -1, -2)
 
 

@@ -287,7 +287,7 @@ def test_custom_vjp_and_checkpoint():
 def test_eager():
     y, t, s = collapsed_jet(jnp.sin, (X,), (2 * jnp.eye(4)[:3],), jnp.arange(3.0))
     assert_close(y, jnp.sin(X))
-    assert_close(t, 2 * jnp.eye(4)[:3] * jnp.cos(X))
+    assert_close(t, 2 * jnp.eye(4)[:3] * jnp.cos(X)[None])
     assert_close(s, -4 * jnp.sin(X) * jnp.array([0.0, 1.0, 2.0, 0.0]))
 
 
@@ -688,3 +688,13 @@ def test_compressed_complex_intermediate(monkeypatch):
                 fn, (x,), (V,), jnp.ones(_D), compress=True, identity=identity
             )
         assert_close(s, laplacian(fn, x))
+
+
+def test_fallback_warning_points_at_the_users_call(monkeypatch):
+    import eqxderiv
+
+    monkeypatch.setattr(_taylor, "_WARNED", set())
+    f = lambda x: lax.top_k(jnp.sin(x), 2)[0]  # noqa: E731
+    with pytest.warns(eqxderiv.FallbackWarning) as record:
+        eqxderiv.Laplacian(f)(jnp.ones((2, 3)))  # the line the warning names
+    assert record[0].filename == __file__
