@@ -14,7 +14,7 @@ import pytest
 from jax import lax
 
 import eqxderiv as ed
-from eqxderiv._taylor import FallbackWarning
+from eqxderiv import FallbackWarning
 
 
 EXACT = ["auto", "forward", "nested", ed.Taylor(compress=False)]
@@ -238,3 +238,34 @@ def test_parameter_gradients_through_softplus_net_at_zero():
         jax.tree.leaves((got_lap, got_div)), jax.tree.leaves((want_lap, want_div))
     ):
         close(g, w, 1e-9)
+
+
+@pytest.mark.parametrize("activation", ["softplus", "relu"])
+def test_flax_net_at_zero_with_default_zero_biases(activation):
+    # Flax's Dense layers start with zero biases: at x = t = 0 every
+    # pre-activation is exactly 0, where softplus's rule (through logaddexp) and
+    # relu's kink convention matter.
+    import flax.linen as nn
+
+    act = getattr(jax.nn, activation)
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, t):
+            h = jnp.concatenate([x, t], axis=-1)
+            h = act(nn.Dense(16, param_dtype=jnp.float64)(h))
+            h = act(nn.Dense(16, param_dtype=jnp.float64)(h))
+            return nn.Dense(3, param_dtype=jnp.float64)(h)
+
+    net = Net()
+    x, t = jnp.zeros((2, 3)), jnp.zeros((2, 1))
+    variables = net.init(jax.random.key(0), x[0], t[0])
+    field = ed.from_flax(net, variables)
+    g = lambda a: net.apply(variables, a, t[0])  # noqa: E731
+    jac = jax.vmap(jax.jacobian(g))(x)
+    lap = hessian_laplacian(g, x)
+    dt = jax.vmap(jax.jacobian(lambda s: net.apply(variables, x[0], s)))(t)[..., 0]
+    for method in EXACT:
+        close(ed.Jacobian(field, method=method)(x, t), jac)
+        close(ed.Laplacian(field, method=method)(x, t), lap)
+        close(ed.TimeDerivative(field, method=method)(x, t), dt)
