@@ -2,14 +2,6 @@
 
 import importlib.metadata
 
-# Rule modules register their rules into the engine when imported.
-from . import (
-    _rules_array as _rules_array,
-    _rules_control as _rules_control,
-    _rules_custom as _rules_custom,
-    _rules_elementwise as _rules_elementwise,
-    _rules_linalg as _rules_linalg,
-)
 from ._curl import Advection as Advection, Curl as Curl
 from ._custom_types import (
     Field as Field,
@@ -19,6 +11,12 @@ from ._custom_types import (
 from ._derivative import AbstractDerivative as AbstractDerivative
 from ._derivatives import derivatives as derivatives
 from ._divergence import Divergence as Divergence, GradDiv as GradDiv
+from ._engine import (
+    FallbackWarning as FallbackWarning,
+    Jet as Jet,
+    JetContext as JetContext,
+    register_rule as register_rule,
+)
 from ._flax import FlaxField as FlaxField, from_flax as from_flax
 from ._jacobian import Grad as Grad, Hessian as Hessian, Jacobian as Jacobian
 from ._laplacian import Laplacian as Laplacian
@@ -31,7 +29,6 @@ from ._method import (
 from ._nn import SpaceTimeMLP as SpaceTimeMLP
 from ._operator import AbstractOperator as AbstractOperator
 from ._stochastic import Hutchinson as Hutchinson, SparseSampling as SparseSampling
-from ._taylor import FallbackWarning as FallbackWarning
 from ._taylor_method import Taylor as Taylor
 from ._time import TimeDerivative as TimeDerivative
 from ._value import Value as Value

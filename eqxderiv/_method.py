@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._engine import trace_field
 from ._misc import as_int, check_count
-from ._program import trace_field
 
 
 Fn = Callable[[Array, Array | None], Array]

@@ -5,6 +5,7 @@ from typing import ClassVar
 import equinox as eqx
 import jax.numpy as jnp
 
+from ._engine import collapsed_jet, collapsed_jet_contracted, compressed_second
 from ._method import AbstractJetMethod
 from ._misc import as_int, check_count
 
@@ -13,16 +14,14 @@ def taylor_jet(fn, x, t, tx, w, second, contract, compress=False, identity=False
     """One collapsed pass: value, `K` tangents and `sum_k w_k D^2 f[v_k, v_k]`;
     `t` (possibly None) is held fixed. With `compress`, the tangents are not
     returned and the second-order term may be computed from fewer directions."""
-    from ._taylor import collapsed_jet
-
     g, primals, tangents = (lambda a: fn(a, t)), (x,), (tx,)
-    if contract is None:
-        y, T, S = collapsed_jet(
-            g, primals, tangents, w, compress=compress, identity=identity
-        )
-        c = None
+    T = c = None
+    if compress:
+        y, S = compressed_second(g, primals, tangents, w, identity=identity)
+    elif contract is None:
+        y, T, S = collapsed_jet(g, primals, tangents, w)
     else:
-        y, T, S, c = collapsed_jet(g, primals, tangents, w, contract)
+        y, T, S, c = collapsed_jet_contracted(g, primals, tangents, w, contract)
     # Without a Laplacian the second-order chain is unused, and XLA removes it as
     # dead code; the interpreter's first-order propagation (the direction axis as
     # a free matmul dimension) measured faster than vectorised `jvp`s.

@@ -17,8 +17,8 @@ import pytest  # noqa: E402
 from jax import lax  # noqa: E402
 
 import eqxderiv  # noqa: E402
-from eqxderiv import _taylor  # noqa: E402
-from eqxderiv._taylor import FallbackWarning, collapsed_jet  # noqa: E402
+from eqxderiv import FallbackWarning  # noqa: E402
+from eqxderiv._engine import collapsed_jet, registry  # noqa: E402
 
 
 # Tiny programs compiled once each: skip XLA's optimisation, which only costs time
@@ -80,7 +80,7 @@ def no_fallback(monkeypatch):
     """Every `FallbackWarning` is raised afresh (and, with the suite's
     `filterwarnings = error`, fails the test): these rules must cover their
     primitives without nested autodiff."""
-    monkeypatch.setattr(_taylor, "_WARNED", set())
+    monkeypatch.setattr(registry, "_WARNED", set())
 
 
 K = 3
@@ -399,7 +399,7 @@ def test_no_fallback():
         )
 
     for name in ("conv_general_dilated", "reduce_prod", "cumprod", "cummax"):
-        assert name in _taylor._RULES
+        assert name in registry.RULES
     x = jnp.linspace(-1.0, 1.0, 12)
     (v,), w = probes(12, (12,))
     with warnings.catch_warnings():

@@ -14,8 +14,8 @@ import pytest  # noqa: E402
 from jax import lax  # noqa: E402
 
 import eqxderiv  # noqa: E402
-from eqxderiv import _rules_control, _taylor  # noqa: E402
-from eqxderiv._taylor import collapsed_jet  # noqa: E402
+from eqxderiv._engine import collapsed_jet, registry  # noqa: E402
+from eqxderiv._engine.rules import control  # noqa: E402
 
 
 # Tiny programs compiled once each: XLA's optimisations only cost compile time.
@@ -75,12 +75,12 @@ def check(fn, primals, tangents, weights):
 def _warn_afresh(monkeypatch):
     # The fallback warns once per primitive and process: forget earlier warnings,
     # so that any use of it in these tests raises (filterwarnings = error).
-    monkeypatch.setattr(_taylor, "_WARNED", set(), raising=False)
+    monkeypatch.setattr(registry, "_WARNED", set(), raising=False)
 
 
 def test_rules_are_registered():
     for name in ("scan", "cond", "while"):
-        assert _taylor._RULES[name].__module__ == _rules_control.__name__
+        assert registry.RULES[name].rule.__module__ == control.__name__
 
 
 _RNG = np.random.default_rng(0)

@@ -1,7 +1,8 @@
 """Tests of the collapsed Taylor-mode rules for the linear-algebra primitives
-(`eqxderiv/_rules_linalg.py`) against an independent oracle: nested forward
-autodiff (`jax.jvp` of `jax.jvp` along each direction) and `jax.hessian`, in
-float64, on small well-conditioned matrices built from the input."""
+(`eqxderiv/_engine/rules/linalg.py`, `linear_solve.py`) against an independent
+oracle: nested forward autodiff (`jax.jvp` of `jax.jvp` along each direction)
+and `jax.hessian`, in float64, on small well-conditioned matrices built from the
+input."""
 
 import warnings
 
@@ -17,8 +18,8 @@ import pytest  # noqa: E402
 from jax import lax  # noqa: E402
 
 import eqxderiv  # noqa: E402
-from eqxderiv import _taylor  # noqa: E402
-from eqxderiv._taylor import FallbackWarning, collapsed_jet  # noqa: E402
+from eqxderiv import FallbackWarning  # noqa: E402
+from eqxderiv._engine import collapsed_jet, registry  # noqa: E402
 
 
 # Tiny programs: XLA's compile time dominates, and these options cut it.
@@ -338,7 +339,7 @@ FIELDS = {
 def test_no_fallback(name, monkeypatch):
     # The engine warns once per primitive per process; start from a clean slate so
     # that an earlier fallback elsewhere cannot hide one here. Tracing is enough.
-    monkeypatch.setattr(_taylor, "_WARNED", set())
+    monkeypatch.setattr(registry, "_WARNED", set())
     with warnings.catch_warnings():
         warnings.simplefilter("error", FallbackWarning)
         jax.make_jaxpr(lambda x: collapsed_jet(FIELDS[name], (x,), (TX,), W))(X)
@@ -346,7 +347,7 @@ def test_no_fallback(name, monkeypatch):
 
 def test_complex_takes_the_fallback(monkeypatch):
     # Complex matrices are left to the exact fallback (and agree with the oracle).
-    monkeypatch.setattr(_taylor, "_WARNED", set())
+    monkeypatch.setattr(registry, "_WARNED", set())
 
     def f(x):
         a = mat(x) * (1 + 0.5j)

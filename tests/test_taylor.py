@@ -16,8 +16,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from jax import lax  # noqa: E402
 
-from eqxderiv import _taylor  # noqa: E402
-from eqxderiv._taylor import FallbackWarning, collapsed_jet  # noqa: E402
+from eqxderiv import FallbackWarning  # noqa: E402
+from eqxderiv._engine import (  # noqa: E402
+    collapsed_jet,
+    collapsed_jet_contracted,
+    compressed_second,
+    compression,
+    registry,
+)
 
 
 # The test programs are tiny and many, so XLA's compile time would dominate this
@@ -359,7 +365,7 @@ def test_float32():
 
 
 def test_fallback_warns_once_and_is_exact(monkeypatch):
-    monkeypatch.setattr(_taylor, "_WARNED", set())
+    monkeypatch.setattr(registry, "_WARNED", set())
     # top_k has no rule; its input carries a second-order term.
     f = lambda x: lax.top_k(jnp.sin(x) * x, 2)[0] * x[:2]  # noqa: E731
     with pytest.warns(FallbackWarning, match="'top_k'.*nested autodiff"):
@@ -388,7 +394,7 @@ def _duplicate_scatter_field(x):
     ],
 )
 def test_fallback_primitives(name, f, monkeypatch):
-    monkeypatch.setattr(_taylor, "_WARNED", set())
+    monkeypatch.setattr(registry, "_WARNED", set())
     v, w = probes(11, 3, 4)
     with pytest.warns(FallbackWarning, match=f"'{name}'"):
         check(f, (X,), (v,), w)
@@ -463,11 +469,11 @@ def test_contraction(fn):
     w = _RNG.normal(size=(3,))
     J = jax.jacfwd(fn)(jnp.asarray(x))
     expected = jnp.einsum("k,ki,ij,kj->", w, C, J, V)
-    *_, c = quick_jit(lambda x_: collapsed_jet(fn, (x_,), (V,), w, C))(x)
+    *_, c = quick_jit(lambda x_: collapsed_jet_contracted(fn, (x_,), (V,), w, C))(x)
     np.testing.assert_allclose(c, expected, rtol=1e-10)
     # With C = V = I and unit weights it is the divergence.
     eye = np.eye(4)
-    *_, div = collapsed_jet(fn, (x,), (eye,), np.ones(4), eye)
+    *_, div = collapsed_jet_contracted(fn, (x,), (eye,), np.ones(4), eye)
     np.testing.assert_allclose(div, jnp.trace(J), rtol=1e-10)
 
 
@@ -528,11 +534,10 @@ def test_compressed_second_order_term(name, weights):
 
     @quick_jit
     def both(x):
-        ours = collapsed_jet(fn, (x,), (V,), w, compress=True, identity=identity)
+        ours = compressed_second(fn, (x,), (V,), w, identity=identity)
         return ours, oracle(fn, (x,), (V,), w)
 
-    (y, t, s), (y_ref, _, s_ref) = both(x)
-    assert t is None
+    (y, s), (y_ref, _, s_ref) = both(x)
     assert_close(y, y_ref)
     assert_close(s, s_ref)
     if weights != "positive":
@@ -550,7 +555,7 @@ def test_identity_path_is_taken():
         ("nonlinear first", False),
     ]:
         closed = jax.make_jaxpr(_COMPRESS_FIELDS[name])(jnp.zeros(_D))
-        at = _taylor._identity_bottleneck(closed.jaxpr, closed.jaxpr.invars[0], _D)
+        at = compression.affine_bottleneck(closed.jaxpr, closed.jaxpr.invars[0], _D)
         assert (at is not None) == found, name
 
 
@@ -569,9 +574,12 @@ def test_compression_cuts_the_work():
 
     def lap(compress):
         def f(x):
-            one = lambda a: collapsed_jet(
-                net, (a,), (jnp.eye(d),), jnp.ones(d), compress=compress
-            )[2]
+            if compress:
+                one = lambda a: compressed_second(
+                    net, (a,), (jnp.eye(d),), jnp.ones(d)
+                )[1]
+            else:
+                one = lambda a: collapsed_jet(net, (a,), (jnp.eye(d),), jnp.ones(d))[2]
             return jax.vmap(one)(x)
 
         return f
@@ -609,12 +617,20 @@ def test_compressed_laplacian_parameter_derivatives():
         assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
-def test_compress_with_a_contraction_is_an_error():
+def test_identity_is_checked():
+    # Regression: `identity=True` used to be trusted, and a wrong promise gave a
+    # wrong second-order term.
     eye = jnp.eye(4)
-    with pytest.raises(ValueError, match="compress=True does not go with"):
-        collapsed_jet(jnp.sin, (X,), (eye,), jnp.ones(4), eye, compress=True)
-    with pytest.raises(ValueError, match="identity=True needs compress=True"):
-        collapsed_jet(jnp.sin, (X,), (eye,), jnp.ones(4), identity=True)
+    with pytest.raises(ValueError, match="exactly one input with a tangent"):
+        compressed_second(lambda x, y: x * y, (X, X), (eye, eye), jnp.ones(4), True)
+    with pytest.raises(ValueError, match="is not the identity"):
+        compressed_second(jnp.sin, (X,), (2 * eye,), jnp.ones(4), identity=True)
+    with pytest.raises(ValueError, match="weights are not all one"):
+        compressed_second(jnp.sin, (X,), (eye,), 2 * jnp.ones(4), identity=True)
+    with pytest.raises(ValueError, match="of shape"):
+        compressed_second(
+            lambda x: jnp.sum(x), (X[:2],), (jnp.ones((4, 2)),), jnp.ones(4), True
+        )
 
 
 def _zero_row_mlp(seed):
@@ -636,9 +652,7 @@ def test_compressed_rank_deficient_first_layer(path):
 
     def ours(p):
         fn = eqx.combine(p, static)
-        _, _, s = collapsed_jet(
-            fn, (x,), (V,), jnp.ones(_D), compress=True, identity=path == "identity"
-        )
+        _, s = compressed_second(fn, (x,), (V,), jnp.ones(_D), path == "identity")
         return jnp.sum(jnp.sin(s))
 
     def nested(p):
@@ -683,17 +697,15 @@ def test_compressed_complex_intermediate(monkeypatch):
     for identity in (False, True):
         # `abs` of a complex value goes through nested autodiff, which warns.
         with pytest.warns(FallbackWarning, match="'abs' of a complex value"):
-            monkeypatch.setattr(_taylor, "_WARNED", set())
-            _, _, s = collapsed_jet(
-                fn, (x,), (V,), jnp.ones(_D), compress=True, identity=identity
-            )
+            monkeypatch.setattr(registry, "_WARNED", set())
+            _, s = compressed_second(fn, (x,), (V,), jnp.ones(_D), identity)
         assert_close(s, laplacian(fn, x))
 
 
 def test_fallback_warning_points_at_the_users_call(monkeypatch):
     import eqxderiv
 
-    monkeypatch.setattr(_taylor, "_WARNED", set())
+    monkeypatch.setattr(registry, "_WARNED", set())
     f = lambda x: lax.top_k(jnp.sin(x), 2)[0]  # noqa: E731
     with pytest.warns(eqxderiv.FallbackWarning) as record:
         eqxderiv.Laplacian(f)(jnp.ones((2, 3)))  # the line the warning names

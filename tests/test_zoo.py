@@ -1,6 +1,6 @@
 """The zoo: every exact method agrees with nested autodiff to round-off.
 
-For every primitive with a rule in `eqxderiv._taylor._RULES`, and for every
+For every primitive with a rule in `eqxderiv._engine.registry.RULES`, and for every
 `jax.nn` / `jax.numpy` / `jax.scipy.special` function with a custom derivative
 (or a kink, a tie, a branch of `where`), the zoo holds small fields `f(x)` on
 `x` of shape `(2,)` or `(3,)` and a batch of points: generic points and the
@@ -47,9 +47,9 @@ from jax import lax
 from jax.extend import core as jcore
 
 import eqxderiv
-from eqxderiv import _taylor
+from eqxderiv import FallbackWarning
+from eqxderiv._engine import registry
 from eqxderiv._method import as_method
-from eqxderiv._taylor import FallbackWarning
 
 
 jax.config.update("jax_enable_x64", True)  # also set by conftest.py
@@ -1137,7 +1137,7 @@ PRIVATE = {
 
 def test_registry_complete():
     used = zoo_primitives()
-    rules = set(_taylor._RULES)
+    rules = set(registry.RULES)
     missing = sorted(rules - set(used) - set(LEGACY) - set(PRIVATE))
     assert not missing, (
         f"rules without a zoo entry exercising them: {missing}; add an entry to "
@@ -1170,7 +1170,7 @@ def test_zoo_primitives_have_rules():
     missing = {
         n: sorted(e)
         for n, e in sorted(used.items())
-        if n not in _taylor._RULES and n not in FALLBACK_BY_DESIGN
+        if n not in registry.RULES and n not in FALLBACK_BY_DESIGN
     }
     assert not missing, "primitives without a rule (fallback), with entries:\n" + (
         "\n".join(f"  {n}: {', '.join(e)}" for n, e in missing.items())

@@ -8,8 +8,8 @@ from typing import Any, NamedTuple
 import jax
 from jax.extend import core
 
-from ._rules_custom import forward_rule_of_vjp
-from ._taylor import _bind, _is_float
+from .jet import bind, is_float
+from .rules.custom import forward_rule_of_vjp
 
 
 def _inner_jaxprs(params: dict[str, Any]) -> Iterator[core.Jaxpr]:
@@ -47,13 +47,13 @@ def _eval_with_forward_rules(jaxpr: core.Jaxpr, consts: Any, args: Any) -> list[
         name = eqn.primitive.name
         with eqn.ctx.manager:
             if name in ("custom_vjp_call", "custom_vjp_call_jaxpr"):
-                live = [i for i, a in enumerate(ins) if _is_float(a)]
+                live = [i for i, a in enumerate(ins) if is_float(a)]
 
                 def f(*xs: Any, eqn: Any = eqn, ins: Any = ins, live: Any = live):
                     new = list(ins)
                     for i, x in zip(live, xs):
                         new[i] = x
-                    return _bind(eqn, new)
+                    return bind(eqn, new)
 
                 outs = list(forward_rule_of_vjp(f)(*(ins[i] for i in live)))
             elif name in _CALLS and "custom_vjp_call" in primitive_names(
@@ -62,7 +62,7 @@ def _eval_with_forward_rules(jaxpr: core.Jaxpr, consts: Any, args: Any) -> list[
                 inner = eqn.params[_CALLS[name]]
                 outs = _eval_with_forward_rules(inner.jaxpr, inner.consts, ins)
             else:
-                outs = _bind(eqn, ins)
+                outs = bind(eqn, ins)
         env.update(zip(eqn.outvars, outs))
     return [read(v) for v in jaxpr.outvars]
 

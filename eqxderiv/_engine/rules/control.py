@@ -1,6 +1,6 @@
 """Collapsed Taylor-mode rules for control flow: `scan`, `cond` and `while`
-bodies are interpreted in place (registered into the engine's rule table on
-import).
+bodies, and those of calls (`jit`, `remat`, ...), are interpreted in place
+(registered into the engine's rule table on import).
 
 The jet of a composition is the composition of the jets: for `y = f(u)`,
 
@@ -27,7 +27,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend import core
 
-from ._taylor import _RULES, _consts, _Ctx, _eval_jaxpr, _Jet, _primals
+from ..interpreter import eval_jaxpr
+from ..jet import Jet, JetContext, Rule, const_jets, primals_of
+from ..registry import register_rule
 
 
 __all__: list[str] = []
@@ -37,7 +39,7 @@ __all__: list[str] = []
 Need = tuple[bool, bool]
 
 
-def _need(jet: _Jet, aval: Any) -> Need:
+def _need(jet: Jet, aval: Any) -> Need:
     """What `jet` carries. A second-order term without a tangent cannot come out
     of the rules, but is still read as needing a (zero) tangent, so that a
     tangent of `None` keeps meaning "no curvature either"."""
@@ -51,7 +53,7 @@ def _union(a: Sequence[Need], b: Sequence[Need]) -> list[Need]:
     return [(ta or tb, sa or sb) for (ta, sa), (tb, sb) in zip(a, b)]
 
 
-def _instantiate(ctx: _Ctx, jet: _Jet, aval: Any, need: Need) -> _Jet:
+def _instantiate(ctx: JetContext, jet: Jet, aval: Any, need: Need) -> Jet:
     """`jet` with the structure `need`: zeros where a term is needed but `None`,
     every term cast to the value's dtype (branch and loop outputs must agree in
     type too). Needs are unions, so a term is never present but unwanted."""
@@ -60,7 +62,7 @@ def _instantiate(ctx: _Ctx, jet: _Jet, aval: Any, need: Need) -> _Jet:
     want_t, want_s = need
     if not want_t:
         assert jet.tangent is None and jet.second is None
-        return _Jet(primal, None, None)
+        return Jet(primal, None, None)
     k = ctx.weights.shape[0]
     t = jet.tangent
     t = jnp.zeros((k, *aval.shape), dtype) if t is None else t.astype(dtype)
@@ -69,12 +71,12 @@ def _instantiate(ctx: _Ctx, jet: _Jet, aval: Any, need: Need) -> _Jet:
         s = jnp.zeros(aval.shape, dtype) if s is None else s.astype(dtype)
     else:
         assert s is None
-    return _Jet(primal, t, s)
+    return Jet(primal, t, s)
 
 
 def _instantiate_all(
-    ctx: _Ctx, jets: Sequence[_Jet], avals: Sequence[Any], needs: Sequence[Need]
-) -> list[_Jet]:
+    ctx: JetContext, jets: Sequence[Jet], avals: Sequence[Any], needs: Sequence[Need]
+) -> list[Jet]:
     return [_instantiate(ctx, j, a, n) for j, a, n in zip(jets, avals, needs)]
 
 
@@ -85,9 +87,9 @@ def _needs_of(jets: Sequence[Any], avals: Sequence[Any]) -> list[Need]:
 
 
 def _carry_needs(
-    ctx: _Ctx,
-    step: Callable[..., tuple[list[_Jet], Any]],
-    init: Sequence[_Jet],
+    ctx: JetContext,
+    step: Callable[..., tuple[list[Jet], Any]],
+    init: Sequence[Jet],
     avals: Sequence[Any],
     *args: Any,
 ) -> list[Need]:
@@ -103,7 +105,7 @@ def _carry_needs(
     needs = _needs_of(init, avals)
     for _ in range(2 * len(needs) + 1):
 
-        def once(carry: list[_Jet], *a: Any, needs: list[Need] = needs) -> list[_Jet]:
+        def once(carry: list[Jet], *a: Any, needs: list[Need] = needs) -> list[Jet]:
             return step(_instantiate_all(ctx, carry, avals, needs), *a)[0]
 
         out = jax.eval_shape(once, list(init), *args)
@@ -114,7 +116,7 @@ def _carry_needs(
     raise AssertionError("the carry structure did not reach a fixed point")
 
 
-def _slice_struct(jet: _Jet) -> _Jet:
+def _slice_struct(jet: Jet) -> Jet:
     """The abstract per-iteration slice of a stacked (scan axis first) jet."""
     return jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[1:], jnp.result_type(a)), jet
@@ -129,7 +131,7 @@ def _move_k(t: Any, src: int, dst: int) -> Any:
 # cond
 
 
-def _cond(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+def _cond(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
     """`cond(index, *ops)` picks one of `branches`; the jets go through the chosen
     branch's interpretation, `lax.switch`ed on the (tangent-free) index.
 
@@ -141,14 +143,14 @@ def _cond(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
     index, ops = jets[0], jets[1:]
     avals = [v.aval for v in eqn.outvars]
 
-    def run(branch: core.ClosedJaxpr) -> Callable[[list[_Jet]], list[_Jet]]:
-        return lambda ops: _eval_jaxpr(ctx, branch.jaxpr, branch.consts, ops)
+    def run(branch: core.ClosedJaxpr) -> Callable[[list[Jet]], list[Jet]]:
+        return lambda ops: eval_jaxpr(ctx, branch.jaxpr, branch.consts, ops)
 
     needs = [(False, False)] * len(avals)
     for branch in branches:
         needs = _union(needs, _needs_of(jax.eval_shape(run(branch), ops), avals))
 
-    def instantiated(branch: core.ClosedJaxpr) -> Callable[[list[_Jet]], list[_Jet]]:
+    def instantiated(branch: core.ClosedJaxpr) -> Callable[[list[Jet]], list[Jet]]:
         return lambda ops: _instantiate_all(ctx, run(branch)(ops), avals, needs)
 
     return lax.switch(index.primal, [instantiated(b) for b in branches], ops)
@@ -158,7 +160,7 @@ def _cond(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
 # scan
 
 
-def _scan(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+def _scan(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
     """`scan` over jets: the carry is a list of jets of fixed structure (see
     `_carry_needs`), the consts are closed over as they are (with or without
     tangents), and the stacked inputs and outputs are jets whose primal and
@@ -171,15 +173,15 @@ def _scan(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
     consts, init, xs = jets[:nc], jets[nc : nc + nk], jets[nc + nk :]
     avals = body.in_avals[nc : nc + nk]
     # lax.scan slices along the leading axis: move the scan axis before K.
-    xs = [_Jet(x.primal, _move_k(x.tangent, 1, 0), x.second) for x in xs]
+    xs = [Jet(x.primal, _move_k(x.tangent, 1, 0), x.second) for x in xs]
 
-    def step(carry: list[_Jet], x: list[_Jet]) -> tuple[list[_Jet], list[_Jet]]:
-        outs = _eval_jaxpr(ctx, body.jaxpr, body.consts, [*consts, *carry, *x])
+    def step(carry: list[Jet], x: list[Jet]) -> tuple[list[Jet], list[Jet]]:
+        outs = eval_jaxpr(ctx, body.jaxpr, body.consts, [*consts, *carry, *x])
         return outs[:nk], outs[nk:]
 
     needs = _carry_needs(ctx, step, init, avals, [_slice_struct(x) for x in xs])
 
-    def looped(carry: list[_Jet], x: list[_Jet]) -> tuple[list[_Jet], list[_Jet]]:
+    def looped(carry: list[Jet], x: list[Jet]) -> tuple[list[Jet], list[Jet]]:
         out, ys = step(carry, x)
         return _instantiate_all(ctx, out, avals, needs), ys
 
@@ -191,7 +193,7 @@ def _scan(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
         reverse=p["reverse"],
         unroll=p["unroll"],
     )
-    ys = [_Jet(y.primal, _move_k(y.tangent, 0, 1), y.second) for y in ys]
+    ys = [Jet(y.primal, _move_k(y.tangent, 0, 1), y.second) for y in ys]
     return [*carry, *ys]
 
 
@@ -199,7 +201,7 @@ def _scan(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
 # while
 
 
-def _while(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+def _while(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
     """`while` over jets: the predicate is evaluated on the primals alone (it is
     piecewise constant in the inputs), the body on the carry's jets, whose
     structure is the fixed point of `_carry_needs`.
@@ -211,17 +213,17 @@ def _while(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
     cond: core.ClosedJaxpr = p["cond_jaxpr"]
     body: core.ClosedJaxpr = p["body_jaxpr"]
     cn, bn = p["cond_nconsts"], p["body_nconsts"]
-    cond_consts = _primals(jets[:cn])
+    cond_consts = primals_of(jets[:cn])
     body_consts, init = jets[cn : cn + bn], jets[cn + bn :]
     avals = body.in_avals[bn:]
 
-    def pred(carry: list[_Jet]) -> Any:
-        args = _consts([*cond_consts, *_primals(carry)])
-        (out,) = _eval_jaxpr(ctx, cond.jaxpr, cond.consts, args)
+    def pred(carry: list[Jet]) -> Any:
+        args = const_jets([*cond_consts, *primals_of(carry)])
+        (out,) = eval_jaxpr(ctx, cond.jaxpr, cond.consts, args)
         return out.primal
 
-    def step(carry: list[_Jet]) -> tuple[list[_Jet], None]:
-        return _eval_jaxpr(ctx, body.jaxpr, body.consts, [*body_consts, *carry]), None
+    def step(carry: list[Jet]) -> tuple[list[Jet], None]:
+        return eval_jaxpr(ctx, body.jaxpr, body.consts, [*body_consts, *carry]), None
 
     needs = _carry_needs(ctx, step, init, avals)
     return lax.while_loop(
@@ -231,6 +233,29 @@ def _while(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
     )
 
 
-_RULES["cond"] = _cond
-_RULES["scan"] = _scan
-_RULES["while"] = _while
+# --------------------------------------------------------------------------------
+# calls: recurse into the inner jaxpr
+
+
+def _call_rule(*param_names: str) -> Rule:
+    def rule(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
+        inner = eqn.params[next(n for n in param_names if n in eqn.params)]
+        if isinstance(inner, core.ClosedJaxpr):
+            return eval_jaxpr(ctx, inner.jaxpr, inner.consts, jets)
+        return eval_jaxpr(ctx, inner, (), jets)
+
+    return rule
+
+
+register_rule("cond", _cond)
+register_rule("scan", _scan)
+register_rule("while", _while)
+# jit (what `filter_jit` and many jnp functions produce), remat and plain calls are
+# inlined into the surrounding trace: they only structure the primal program.
+# custom_jvp / custom_vjp functions follow their own derivative rules (`custom.py`).
+register_rule("jit", _call_rule("jaxpr"))
+register_rule("pjit", _call_rule("jaxpr"))  # older name of "jit"
+register_rule("remat2", _call_rule("jaxpr"))
+register_rule("checkpoint", _call_rule("jaxpr"))
+register_rule("closed_call", _call_rule("call_jaxpr"))
+register_rule("call", _call_rule("call_jaxpr"))

@@ -1,7 +1,7 @@
 """Collapsed Taylor-mode rules for convolutions, products and cumulative
 reductions (registered into the engine's rule table on import).
 
-Notation as in `eqxderiv._taylor`: a value `u` carries the jet `(u, T_u, S_u)`
+Notation as in `eqxderiv._engine.jet`: a value `u` carries the jet `(u, T_u, S_u)`
 with `T_u[k]` its derivative along the direction `v_k` and
 `S_u = sum_k w_k d²/ds² u(x + s v_k)`.
 
@@ -27,7 +27,9 @@ from jax import lax
 from jax.extend import core
 from jaxtyping import Array, ArrayLike
 
-from ._taylor import _RULES, _add, _bind, _Ctx, _eval_jaxpr, _Jet
+from ..interpreter import eval_jaxpr
+from ..jet import Jet, JetContext, add_terms, bind
+from ..registry import register_rule
 
 
 __all__: list[str] = []
@@ -42,7 +44,7 @@ def _conv(eqn: core.JaxprEqn, lhs: ArrayLike, rhs: ArrayLike) -> Array:
     if eqn.params.get("out_sharding") is not None:
         # A sharding names the primal output's shape; the folded outputs differ.
         eqn = eqn.replace(params={**eqn.params, "out_sharding": None})
-    (out,) = _bind(eqn, [lhs, rhs])
+    (out,) = bind(eqn, [lhs, rhs])
     return out
 
 
@@ -113,32 +115,32 @@ def _conv_cross(eqn: core.JaxprEqn, wa: Array, b: Array) -> Array:
 
 
 def _conv_general_dilated(
-    ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]
-) -> list[_Jet]:
+    ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]
+) -> list[Jet]:
     a, b = jets
     y = _conv(eqn, a.primal, b.primal)
-    t = _add(
+    t = add_terms(
         None if a.tangent is None else _conv_tangent_lhs(eqn, a.tangent, b.primal),
         None if b.tangent is None else _conv_tangent_rhs(eqn, a.primal, b.tangent),
     )
-    s = _add(
+    s = add_terms(
         None if a.second is None else _conv(eqn, a.second, b.primal),
         None if b.second is None else _conv(eqn, a.primal, b.second),
     )
     if a.tangent is not None and b.tangent is not None:
         w = ctx.weights.astype(a.tangent.dtype)
         wa = a.tangent * w.reshape((-1,) + (1,) * (a.tangent.ndim - 1))
-        s = _add(s, 2 * _conv_cross(eqn, wa, b.tangent))
-    return [_Jet(y, t, s)]
+        s = add_terms(s, 2 * _conv_cross(eqn, wa, b.tangent))
+    return [Jet(y, t, s)]
 
 
-_RULES["conv_general_dilated"] = _conv_general_dilated
+register_rule("conv_general_dilated", _conv_general_dilated, bilinear=True)
 
 
 # ---- reduce_prod ----------------------------------------------------------------
 
 
-def _reduce_prod(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+def _reduce_prod(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
     """`prod_i x_i` as a balanced tree of pairwise products.
 
     Each product `c = a b` is propagated with the product rule,
@@ -149,12 +151,12 @@ def _reduce_prod(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
     """
     (x,) = jets
     assert x.tangent is not None
-    (y,) = _bind(eqn, [x.primal])
+    (y,) = bind(eqn, [x.primal])
     axes = tuple(eqn.params["axes"])
     p = jnp.asarray(x.primal)
     n = math.prod(p.shape[i] for i in axes)
     if n == 0:
-        return [_Jet(y, None, None)]  # the empty product is the constant 1
+        return [Jet(y, None, None)]  # the empty product is the constant 1
     keep = tuple(i for i in range(p.ndim) if i not in axes)
     perm = axes + keep
     out_shape = tuple(p.shape[i] for i in keep)
@@ -185,10 +187,10 @@ def _reduce_prod(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
         else:
             u, t, s = ua * ub, prod_t, prod_s
         n = h + n % 2
-    return [_Jet(y, t[:, 0], None if s is None else s[0])]
+    return [Jet(y, t[:, 0], None if s is None else s[0])]
 
 
-_RULES["reduce_prod"] = _reduce_prod
+register_rule("reduce_prod", _reduce_prod)
 
 
 # ---- cumulative reductions ------------------------------------------------------
@@ -223,9 +225,9 @@ def _cumulative_rule(combine: Callable[[Array, Array], Array]) -> Callable:
     their positions exactly as jax's does. The primal is the primitive's own.
     """
 
-    def rule(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+    def rule(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
         (x,) = jets
-        (y,) = _bind(eqn, [x.primal])
+        (y,) = bind(eqn, [x.primal])
         scan = functools.partial(
             lax.associative_scan,
             combine,
@@ -234,13 +236,13 @@ def _cumulative_rule(combine: Callable[[Array, Array], Array]) -> Callable:
         )
         spec = jax.ShapeDtypeStruct(jnp.shape(x.primal), jnp.result_type(x.primal))
         closed = jax.make_jaxpr(scan)(spec)
-        (out,) = _eval_jaxpr(ctx, closed.jaxpr, closed.consts, [x])
-        return [_Jet(y, out.tangent, out.second)]
+        (out,) = eval_jaxpr(ctx, closed.jaxpr, closed.consts, [x])
+        return [Jet(y, out.tangent, out.second)]
 
     return rule
 
 
-_RULES["cumprod"] = _cumulative_rule(lax.mul)
-_RULES["cummax"] = _cumulative_rule(lax.max)
-_RULES["cummin"] = _cumulative_rule(lax.min)
-_RULES["cumlogsumexp"] = _cumulative_rule(_logaddexp)
+register_rule("cumprod", _cumulative_rule(lax.mul))
+register_rule("cummax", _cumulative_rule(lax.max))
+register_rule("cummin", _cumulative_rule(lax.min))
+register_rule("cumlogsumexp", _cumulative_rule(_logaddexp))

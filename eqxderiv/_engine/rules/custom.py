@@ -30,21 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core
 
-from ._rules_elementwise import _CURVATURE, _partial, elementwise_jet
-from ._taylor import (
-    _RULES,
-    _bind,
-    _Ctx,
-    _eval_jaxpr,
-    _is_float,
-    _Jet,
-    _primals,
-    nested_jet,
-)
+from ..interpreter import eval_jaxpr
+from ..jet import Jet, JetContext, bind, is_float, primals_of
+from ..registry import nested_jet, register_rule
+from .elementwise import CURVATURE, elementwise_jet, partial_derivative
 
 
 # Primitives that act elementwise on operands of one shape (or rank 0).
-_ELEMENTWISE = frozenset(_CURVATURE) | {
+_ELEMENTWISE = frozenset(CURVATURE) | {
     "integer_pow",
     "mul",
     "add",
@@ -153,15 +146,15 @@ def _vanishes(fn: Callable[..., Any], primals: Sequence[Any]) -> bool:
     return not np.any(np.asarray(value))
 
 
-def _differentiable(jets: Sequence[_Jet]) -> list[int]:
+def _differentiable(jets: Sequence[Jet]) -> list[int]:
     return [i for i, j in enumerate(jets) if j.tangent is not None]
 
 
 def _restricted(
-    fn: Callable[..., list[Any]], jets: Sequence[_Jet], live: Sequence[int]
+    fn: Callable[..., list[Any]], jets: Sequence[Jet], live: Sequence[int]
 ) -> Callable[..., list[Any]]:
     """`fn` as a function of the operands at `live` alone, the others fixed."""
-    args = _primals(jets)
+    args = primals_of(jets)
 
     def f(*xs: Any) -> list[Any]:
         new = list(args)
@@ -173,21 +166,23 @@ def _restricted(
 
 
 def custom_function_jet(
-    ctx: _Ctx, fn: Callable[..., list[Any]], jets: Sequence[_Jet], what: str
-) -> list[_Jet]:
+    ctx: JetContext, fn: Callable[..., list[Any]], jets: Sequence[Jet], what: str
+) -> list[Jet]:
     """The jets of `fn(*primals)`, a list of outputs whose derivatives JAX's
     `jvp` defines (through a custom rule)."""
     live = _differentiable(jets)
     f = _restricted(fn, jets, live)
     sub = [jets[i] for i in live]
-    outs = jax.eval_shape(f, *_primals(sub))
-    if len(outs) == 1 and _is_float(jnp.zeros((), outs[0].dtype)):
+    outs = jax.eval_shape(f, *primals_of(sub))
+    if len(outs) == 1 and is_float(jnp.zeros((), outs[0].dtype)):
         single = lambda *a: f(*a)[0]  # noqa: E731
-        primals = [jnp.asarray(p) for p in _primals(sub)]
+        primals = [jnp.asarray(p) for p in primals_of(sub)]
         if _is_elementwise(single, primals):
 
             def curved(i: int, j: int) -> bool:
-                return not _vanishes(_partial(_partial(single, i), j), primals)
+                return not _vanishes(
+                    partial_derivative(partial_derivative(single, i), j), primals
+                )
 
             return elementwise_jet(ctx, single, sub, curved)
     return nested_jet(ctx, f, sub, what)
@@ -196,16 +191,16 @@ def custom_function_jet(
 # Predicates `(eqn, jets) -> bool` naming `custom_jvp` functions whose rule is
 # known to be the derivative of their primal code (for the operands at hand), so
 # that the primal can be interpreted with the collapsed rules instead of a nested
-# JVP of the rule per direction. Rule modules append to it (`_rules_linalg.py`:
+# JVP of the rule per direction. Rule modules append to it (`rules/linalg.py`:
 # `det`, `slogdet`).
-PRIMAL_IS_RULE: list[Callable[[core.JaxprEqn, Sequence[_Jet]], bool]] = []
+PRIMAL_IS_RULE: list[Callable[[core.JaxprEqn, Sequence[Jet]], bool]] = []
 
 
-def _custom_jvp(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+def _custom_jvp(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
     if any(known(eqn, jets) for known in PRIMAL_IS_RULE):
         closed = eqn.params["call_jaxpr"]
-        return _eval_jaxpr(ctx, closed.jaxpr, closed.consts, jets)
-    fn = lambda *a: _bind(eqn, a)  # noqa: E731
+        return eval_jaxpr(ctx, closed.jaxpr, closed.consts, jets)
+    fn = lambda *a: bind(eqn, a)  # noqa: E731
     return custom_function_jet(ctx, fn, jets, "a custom_jvp function")
 
 
@@ -228,9 +223,9 @@ def forward_rule_of_vjp(fn: Callable[..., list[Any]]) -> Callable[..., tuple]:
     return g
 
 
-def _custom_vjp(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+def _custom_vjp(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
     live = _differentiable(jets)
-    fn = _restricted(lambda *a: _bind(eqn, a), jets, live)
+    fn = _restricted(lambda *a: bind(eqn, a), jets, live)
     g = forward_rule_of_vjp(fn)
     outs = custom_function_jet(
         ctx, lambda *a: list(g(*a)), [jets[i] for i in live], "a custom_vjp function"
@@ -238,6 +233,6 @@ def _custom_vjp(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
     return outs
 
 
-_RULES["custom_jvp_call"] = _custom_jvp
-_RULES["custom_vjp_call"] = _custom_vjp
-_RULES["custom_vjp_call_jaxpr"] = _custom_vjp  # older jax
+register_rule("custom_jvp_call", _custom_jvp)
+register_rule("custom_vjp_call", _custom_vjp)
+register_rule("custom_vjp_call_jaxpr", _custom_vjp)  # older jax

@@ -26,17 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core
 
-from ._taylor import (
-    _RULES,
-    _add,
-    _Ctx,
-    _Jet,
-    _jet,
-    _lift,
-    _mul,
-    _primals,
-    nested_jet,
-)
+from ..jet import Jet, JetContext, add_terms, lift, mul_terms, primals_of, single_jet
+from ..registry import nested_jet, register_rule
 
 
 # Which second partials `(i, j)` (`∂(∂g/∂a_i)/∂a_j`) may be nonzero: "all", or a
@@ -75,8 +66,8 @@ _CURVED_UNARY = (
 
 Curvature = str | frozenset[tuple[int, int]]
 
-_CURVATURE: dict[str, Curvature] = {name: "all" for name in _CURVED_UNARY}
-_CURVATURE.update(
+CURVATURE: dict[str, Curvature] = {name: "all" for name in _CURVED_UNARY}
+CURVATURE.update(
     {
         # a / b: linear in a.
         "div": frozenset({(0, 1), (1, 0), (1, 1)}),
@@ -128,7 +119,7 @@ _HOLOMORPHIC = frozenset(
 )
 
 
-def _partial(fn: Callable[..., Any], i: int) -> Callable[..., Any]:
+def partial_derivative(fn: Callable[..., Any], i: int) -> Callable[..., Any]:
     """`∂fn/∂a_i` of an elementwise `fn`, by JAX's `jvp` along ones."""
 
     def d(*args: Any) -> Any:
@@ -148,31 +139,31 @@ def _curved(curvature: Curvature, i: int, j: int) -> bool:
 
 
 def elementwise_jet(
-    ctx: _Ctx,
+    ctx: JetContext,
     fn: Callable[..., Any],
-    jets: Sequence[_Jet],
+    jets: Sequence[Jet],
     curvature: Curvature | Callable[[int, int], bool],
-) -> list[_Jet]:
+) -> list[Jet]:
     """The output jet of the elementwise `fn(*primals) -> array`.
 
     `curvature` says which second partials may be nonzero (a `Curvature`, or a
     predicate on `(i, j)`); the others are skipped along with their products.
     """
-    primals = [jnp.asarray(p) for p in _primals(jets)]
+    primals = [jnp.asarray(p) for p in primals_of(jets)]
     y = fn(*primals)
     if not jnp.issubdtype(y.dtype, jnp.inexact):
-        return [_Jet(y, None, None)]
+        return [Jet(y, None, None)]
     live = [i for i, j in enumerate(jets) if j.tangent is not None]
-    ts = {i: _lift(jets[i].tangent, y.ndim) for i in live}
+    ts = {i: lift(jets[i].tangent, y.ndim) for i in live}
     if callable(curvature):
         curved = curvature
     else:
         curved = lambda i, j: _curved(curvature, i, j)  # noqa: E731
     t = s = None
     for i in live:
-        gi = _partial(fn, i)(*primals)
-        t = _add(t, _mul(gi, ts[i]))
-        s = _add(s, _mul(gi, jets[i].second))
+        gi = partial_derivative(fn, i)(*primals)
+        t = add_terms(t, mul_terms(gi, ts[i]))
+        s = add_terms(s, mul_terms(gi, jets[i].second))
     for n, i in enumerate(live):
         for j in live[n:]:
             # The collapsed sum over directions pairs T_i with T_j and T_j with
@@ -182,28 +173,30 @@ def elementwise_jet(
             coef = None
             for a, b in pairs:
                 if curved(a, b):
-                    coef = _add(coef, _partial(_partial(fn, a), b)(*primals))
+                    coef = add_terms(
+                        coef, partial_derivative(partial_derivative(fn, a), b)(*primals)
+                    )
             if coef is not None:
-                s = _add(s, coef * ctx.quad(ts[i], ts[j]))  # pyright: ignore
-    return _jet(y, t, s)
+                s = add_terms(s, coef * ctx.quad(ts[i], ts[j]))  # pyright: ignore
+    return single_jet(y, t, s)
 
 
 def _is_complex(dtype: Any) -> bool:
     return dtype is not None and bool(jnp.issubdtype(dtype, jnp.complexfloating))
 
 
-def _elementwise_rule(name: str) -> Callable[..., list[_Jet]]:
-    def rule(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+def _elementwise_rule(name: str) -> Callable[..., list[Jet]]:
+    def rule(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
         fn = lambda *a: eqn.primitive.bind(  # noqa: E731
             *a, **eqn.primitive.get_bind_params(eqn.params)
         )
-        dtypes = [jnp.result_type(p) for p in _primals(jets)]
+        dtypes = [jnp.result_type(p) for p in primals_of(jets)]
         dtypes += [getattr(o.aval, "dtype", None) for o in eqn.outvars]
         if name not in _HOLOMORPHIC and any(_is_complex(d) for d in dtypes):
             return nested_jet(
                 ctx, lambda *a: [fn(*a)], jets, f"'{name}' of a complex value"
             )
-        curvature = _CURVATURE.get(name, "all")
+        curvature = CURVATURE.get(name, "all")
         if name == "integer_pow" and eqn.params["y"] in (0, 1):
             curvature = frozenset()
         return elementwise_jet(ctx, fn, jets, curvature)
@@ -211,5 +204,9 @@ def _elementwise_rule(name: str) -> Callable[..., list[_Jet]]:
     return rule
 
 
-for _name in (*_CURVATURE, "integer_pow"):
-    _RULES[_name] = _elementwise_rule(_name)
+def _register() -> None:
+    for name in (*CURVATURE, "integer_pow"):
+        register_rule(name, _elementwise_rule(name))
+
+
+_register()

@@ -22,16 +22,14 @@ triangle of `A` that `triangular_solve` reads is differentiated, the pivoting of
 necessarily symmetric) input tangent, and `custom_linear_solve` is differentiated
 through its `matvec` only.
 
-Registered: `triangular_solve`, `cholesky`, `lu`, `custom_linear_solve` (what
-`jnp.linalg.solve` / `inv` use), `eigh`, `lu_pivots_to_permutation` (integer),
-and, for `jnp.linalg.det` / `slogdet`, an entry in `_rules_custom.PRIMAL_IS_RULE`
-so that those `custom_jvp` functions' primal code is interpreted (see
-`_PRIMAL_IS_RULE`). `qr` and the
-other decompositions take the engine's fallback.
+Registered here: `triangular_solve`, `cholesky`, `lu`, `eigh`; in
+`linear_solve.py`: `custom_linear_solve` (what `jnp.linalg.solve` / `inv` use),
+`lu_pivots_to_permutation` (integer) and, for `jnp.linalg.det` / `slogdet`, an
+entry in `custom.PRIMAL_IS_RULE` so that those `custom_jvp` functions' primal
+code is interpreted. `qr` and the other decompositions take the engine's
+fallback.
 """
 
-import os
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -39,19 +37,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend import core
 
-from ._rules_custom import PRIMAL_IS_RULE
-from ._taylor import (
-    _RULES,
-    _bind,
-    _consts,
-    _Ctx,
-    _eval_jaxpr,
-    _fallback,
-    _is_float,
-    _Jet,
-    _primals,
-    _zeros,
-)
+from ..jet import Jet, JetContext, bind, is_float
+from ..registry import fallback, register_rule
 
 
 __all__: list[str] = []
@@ -79,7 +66,7 @@ def _mm(a: Any, b: Any) -> Any:
     return jnp.matmul(a, b, precision=_HI)
 
 
-def _wmm(ctx: _Ctx, a: Any, b: Any) -> Any:
+def _wmm(ctx: JetContext, a: Any, b: Any) -> Any:
     """`sum_k w_k a[k] @ b[k]`, with k contracted in the same `einsum` as the
     matrix index: no `(K, ..., m, n)` product is formed."""
     w = ctx.weights.astype(a.dtype).reshape((-1,) + (1,) * (a.ndim - 1))
@@ -91,20 +78,22 @@ def _per_k(fn: Any, t: Any) -> Any:
     return jax.vmap(fn)(t)
 
 
-def _handled(eqn: core.JaxprEqn, jets: list[_Jet]) -> bool:
+def _handled(eqn: core.JaxprEqn, jets: list[Jet]) -> bool:
     """Whether a rule below handles this equation: real floating operands.
     Complex ones would need conjugates in places and are not tested, so they take
     the exact (slower) fallback instead."""
     return all(
         not jnp.issubdtype(jnp.result_type(j.primal), jnp.complexfloating) for j in jets
-    ) and all(_is_float(j.primal) for j in jets if j.tangent is not None)
+    ) and all(is_float(j.primal) for j in jets if j.tangent is not None)
 
 
 # --------------------------------------------------------------------------------
 # triangular_solve: X = op(A)^{-1} B (left side) or X = B op(A)^{-1} (right side).
 
 
-def _triangular_solve(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+def _triangular_solve(
+    ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]
+) -> list[Jet]:
     """Left side, `op(A) X = B`, differentiated twice:
 
     $$op(A) X' = B' - op(A') X, \\qquad
@@ -118,11 +107,11 @@ def _triangular_solve(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_
     as one extra batch axis.
     """
     if not _handled(eqn, jets):
-        return _fallback(ctx, eqn, jets)
+        return fallback(ctx, eqn, jets)
     a_jet, b_jet = jets
     p = eqn.params
     a = a_jet.primal
-    (x,) = _bind(eqn, [a, b_jet.primal])
+    (x,) = bind(eqn, [a, b_jet.primal])
     left = p["left_side"]
 
     def op(g: Any) -> Any:
@@ -134,7 +123,7 @@ def _triangular_solve(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_
         return jnp.conj(g) if p["conjugate_a"] else g
 
     def solve(r: Any) -> Any:
-        return _bind(eqn, [a, r])[0]
+        return bind(eqn, [a, r])[0]
 
     def times_x(g: Any) -> Any:
         return _mm(g, x) if left else _mm(x, g)
@@ -157,7 +146,7 @@ def _triangular_solve(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_
         cross = _wmm(ctx, ta, t) if left else _wmm(ctx, t, ta)
         terms.append(-2 * cross)
     s = solve(sum(terms[1:], terms[0])) if terms else None
-    return [_Jet(x, t, s)]
+    return [Jet(x, t, s)]
 
 
 # --------------------------------------------------------------------------------
@@ -171,7 +160,7 @@ def _phi(x: Any) -> Any:
     return jnp.tril(x) * (1 - 0.5 * jnp.eye(n, dtype=x.dtype))
 
 
-def _cholesky(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+def _cholesky(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
     """JAX's tangent is `L' = L P` with `P = Phi(M)`, `M = L^{-1} A' L^{-H}`.
     Differentiating that once more (with `L^{-1} L' = P`):
 
@@ -189,10 +178,10 @@ def _cholesky(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
     symmetrises first, `lax.linalg.cholesky` need not).
     """
     if not _handled(eqn, jets):
-        return _fallback(ctx, eqn, jets)
+        return fallback(ctx, eqn, jets)
     (a_jet,) = jets
     assert a_jet.tangent is not None
-    (out,) = _bind(eqn, [a_jet.primal])
+    (out,) = bind(eqn, [a_jet.primal])
     # Only the lower triangle of the primitive's output is the factor (the rest
     # is whatever the backend left there); JAX's rule masks it the same way.
     low = jnp.tril(out)
@@ -211,7 +200,7 @@ def _cholesky(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
     if a_jet.second is not None:
         inner = inner + sandwich(a_jet.second)
     s = _mm(low, _wmm(ctx, pk, pk) + _phi(inner))
-    return [_Jet(out, t, s)]
+    return [Jet(out, t, s)]
 
 
 # --------------------------------------------------------------------------------
@@ -236,7 +225,7 @@ def _lu_factors(lu: Any, m: int, n: int) -> tuple[Any, Any]:
     return lower, upper
 
 
-def _lu(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+def _lu(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
     """With `G = L^{-1} P A' U^{-1}` JAX's tangent is
     `lu' = L tril(G, -1) + triu(G) U` (the strict lower part is `L'`, the rest
     `U'`). Differentiating `L U = P A` twice,
@@ -256,10 +245,10 @@ def _lu(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
     are integers and carry nothing.
     """
     if not _handled(eqn, jets):
-        return _fallback(ctx, eqn, jets)
+        return fallback(ctx, eqn, jets)
     (a_jet,) = jets
     assert a_jet.tangent is not None
-    lu, pivots, perm = _bind(eqn, [a_jet.primal])
+    lu, pivots, perm = bind(eqn, [a_jet.primal])
     m, n = lu.shape[-2:]
     r = min(m, n)
     lower, upper = _lu_factors(lu, m, n)
@@ -284,14 +273,14 @@ def _lu(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
     if a_jet.second is not None:
         nn = nn + sandwich(a_jet.second)
     s = assemble(nn)
-    return [_Jet(lu, t, s), _Jet(pivots, None, None), _Jet(perm, None, None)]
+    return [Jet(lu, t, s), Jet(pivots, None, None), Jet(perm, None, None)]
 
 
 # --------------------------------------------------------------------------------
 # eigh: A = V diag(w) V^T.
 
 
-def _eigh(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
+def _eigh(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
     """JAX's rule, with `C = V^T A' V` and `F_ij = 1 / (w_j - w_i)` off the
     diagonal (0 on it): `w' = diag(C)`, `V' = V (F o C)`. Nesting it (JAX
     evaluates the eigenvectors and eigenvalues of `sym(A) = (A + A^T) / 2`, whose
@@ -312,9 +301,9 @@ def _eigh(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
     n = jnp.shape(a_jet.primal)[-1]
     subset = p.get("subset_by_index")
     if not _handled(eqn, jets) or subset not in (None, (0, n)):
-        return _fallback(ctx, eqn, jets)
+        return fallback(ctx, eqn, jets)
     assert a_jet.tangent is not None
-    v, w = _bind(eqn, [a_jet.primal])
+    v, w = bind(eqn, [a_jet.primal])
     eye = jnp.eye(n, dtype=v.dtype)
     f = 1 / (eye + w[..., None, :] - w[..., :, None]) - eye
 
@@ -331,129 +320,10 @@ def _eigh(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
     df_c = -f * f * ctx.wsum(gap * c)
     s_v = _mm(v, _wmm(ctx, e_s, e) + df_c + f * s_c)
     s_w = jnp.diagonal(s_c, axis1=-2, axis2=-1)
-    return [_Jet(v, t_v, s_v), _Jet(w, dw, s_w)]
+    return [Jet(v, t_v, s_v), Jet(w, dw, s_w)]
 
 
-# --------------------------------------------------------------------------------
-# custom_linear_solve: x = solve(b), defined as the solution of matvec(c, x) = b.
-
-
-def _custom_linear_solve(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
-    """`x` solves `M(c, x) = b` with `M` linear in `x` (the `matvec` jaxpr, whose
-    leading operands are the constants `c`). Differentiating twice,
-
-    $$M(c, x') = b' - \\partial_c M[c'](x), \\qquad
-    M(c, x'') = b'' - \\tfrac{d^2}{ds^2} M(c(s), x)\\big|_{x\\,\\text{fixed}}
-    - 2\\,\\partial_c M[c'](x').$$
-
-    As in JAX's rule, the inverse of `M(c, .)` is the primitive itself (its
-    `solve` jaxpr at the primal constants), and the tangents of the constants of
-    `solve` and of the transposed jaxprs are ignored: `solve` is taken to invert
-    `matvec`. The terms in `M` come from running the interpreter over `matvec`:
-    once with `x` fixed (first order: `d_c M[c'](x)`), once with `x` carrying
-    `T_x` and no second-order term (second order: the `x`-fixed curvature plus
-    the cross term `2 sum_k w_k d_c M[T_c[k]](T_x[k])`; `M` being linear in `x`
-    has no `x`-`x` term). Under `jit` the unused halves of both passes are dead
-    code. Auxiliary outputs (`has_aux`) carry no tangent, as in JAX.
-    """
-    p = eqn.params
-    lengths, jaxprs = p["const_lengths"], p["jaxprs"]
-    n_consts = sum(lengths)
-    n_mv = lengths.matvec
-    consts, b_jets = jets[:n_consts], jets[n_consts:]
-    outs = _bind(eqn, _primals(jets))
-    nb = len(b_jets)
-    xs = outs[:nb]
-    if not all(_is_float(x) for x in xs):
-        return _fallback(ctx, eqn, jets)
-    mv_jets = list(consts[:n_mv])
-    live_c = any(j.tangent is not None for j in mv_jets)
-    const_primals = _primals(consts)
-    matvec = jaxprs.matvec
-
-    def apply_matvec(x_jets: list[_Jet]) -> list[_Jet]:
-        return _eval_jaxpr(ctx, matvec.jaxpr, matvec.consts, mv_jets + x_jets)
-
-    def solve(*rhs: Any) -> list[Any]:
-        return _bind(eqn, [*const_primals, *rhs])[:nb]
-
-    # First order: rhs_T = T_b - d_c M[T_c](x).
-    rhs_t: list[Any] = [j.tangent for j in b_jets]
-    if live_c:
-        fixed = apply_matvec(_consts(xs))
-        rhs_t = [
-            rt if f.tangent is None else (-f.tangent if rt is None else rt - f.tangent)
-            for rt, f in zip(rhs_t, fixed)
-        ]
-    if all(rt is None for rt in rhs_t):
-        # Only the constants of `solve` (or of the transposes) vary: JAX's rule
-        # gives them no influence.
-        return _consts(outs)
-    axes = [None if rt is None else 0 for rt in rhs_t]
-    args = [_zeros(x) if rt is None else rt for x, rt in zip(xs, rhs_t)]
-    ts = jax.vmap(solve, in_axes=axes)(*args)
-
-    # Second order: rhs_S = S_b - (curvature of M(c, x) + 2 cross term).
-    rhs_s: list[Any] = [j.second for j in b_jets]
-    if live_c:
-        moving = apply_matvec([_Jet(x, t, None) for x, t in zip(xs, ts)])
-        rhs_s = [
-            rs if f.second is None else (-f.second if rs is None else rs - f.second)
-            for rs, f in zip(rhs_s, moving)
-        ]
-    if all(rs is None for rs in rhs_s):
-        ss: list[Any] = [None] * nb
-    else:
-        ss = solve(*(_zeros(x) if rs is None else rs for x, rs in zip(xs, rhs_s)))
-    result = [_Jet(x, t, s) for x, t, s in zip(xs, ts, ss)]
-    return result + _consts(outs[nb:])
-
-
-# --------------------------------------------------------------------------------
-# jnp.linalg.det / slogdet: custom_jvp functions whose rules are the derivatives
-# of their primal code.
-
-# `jax.numpy.linalg` functions with a custom JVP that, for real matrices, is the
-# derivative of the primal implementation, so the rules above can interpret the
-# primal (collapsed, instead of a nested JVP of the rule per direction):
-# `d log|det A| = tr(A^{-1} dA)` is also what differentiating `sum log|U_ii|`
-# of the LU factors gives (the pivoting and the sign being locally constant),
-# and `_det = sign * exp(logdet)` then follows by the chain rule. The one
-# difference is at an exactly singular matrix, where `_det`'s rule (a cofactor
-# solve) stays finite and the primal's derivative does not.
-_PRIMAL_IS_RULE = frozenset({"_det", "_slogdet_lu", "_slogdet_small"})
-_JNP_LINALG = os.path.join("jax", "_src", "numpy", "linalg.py")
-
-
-def _jnp_linalg_function(eqn: core.JaxprEqn) -> str | None:
-    """The name of the `jax.numpy.linalg` function that a `custom_jvp_call`
-    wraps, read off its jaxpr's debug info; `None` for any other function."""
-    closed = eqn.params.get("call_jaxpr")
-    info = getattr(getattr(closed, "jaxpr", None), "debug_info", None)
-    src = getattr(info, "func_src_info", None)
-    if not isinstance(src, str):
-        return None
-    name, _, where = src.partition(" at ")
-    return name if _JNP_LINALG in where else None
-
-
-def _det_primal_is_rule(eqn: core.JaxprEqn, jets: Sequence[_Jet]) -> bool:
-    real = all(jnp.issubdtype(jnp.result_type(j.primal), jnp.floating) for j in jets)
-    return real and _jnp_linalg_function(eqn) in _PRIMAL_IS_RULE
-
-
-# --------------------------------------------------------------------------------
-# Integer-valued: no tangent.
-
-
-def _integer_rule(ctx: _Ctx, eqn: core.JaxprEqn, jets: list[_Jet]) -> list[_Jet]:
-    return _consts(_bind(eqn, _primals(jets)))
-
-
-_RULES["triangular_solve"] = _triangular_solve
-_RULES["cholesky"] = _cholesky
-_RULES["lu"] = _lu
-_RULES["custom_linear_solve"] = _custom_linear_solve
-_RULES["eigh"] = _eigh
-_RULES["lu_pivots_to_permutation"] = _integer_rule
-PRIMAL_IS_RULE.append(_det_primal_is_rule)
+register_rule("triangular_solve", _triangular_solve)
+register_rule("cholesky", _cholesky)
+register_rule("lu", _lu)
+register_rule("eigh", _eigh)

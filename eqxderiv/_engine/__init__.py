@@ -1,0 +1,26 @@
+"""The collapsed second-order Taylor-mode engine: an interpreter over jaxprs that
+propagates, for every value, its K directional derivatives and one weighted sum
+of its K second directional derivatives (see `jet.py`).
+
+Imports nothing else from eqxderiv. Layout: `jet.py` (the data types and small
+helpers), `registry.py` (the rule table, `register_rule`, the nested-autodiff
+fallback), `interpreter.py`, `rules/` (the rules, registered on import),
+`compression.py` (fewer directions where the computation narrows),
+`contraction.py` (a divergence before the last linear layer), `entry.py` (the
+entry points) and `program.py` (what the methods need to know of a field's
+program).
+"""
+
+from . import rules as rules
+from .entry import (
+    collapsed_jet as collapsed_jet,
+    collapsed_jet_contracted as collapsed_jet_contracted,
+    compressed_second as compressed_second,
+)
+from .jet import Jet as Jet, JetContext as JetContext, Rule as Rule
+from .program import trace_field as trace_field
+from .registry import (
+    FallbackWarning as FallbackWarning,
+    RuleInfo as RuleInfo,
+    register_rule as register_rule,
+)

@@ -1,0 +1,77 @@
+"""The interpreter: evaluates a jaxpr on jets, equation by equation, with the rule
+registered for each primitive (or the fallback)."""
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from jax.extend import core
+
+from .compression import compressed, last_uses, narrows, only_dependent
+from .jet import Jet, JetContext, bind, const_jets, primals_of
+from .registry import lookup
+
+
+__all__ = ["Evaluation", "eval_jaxpr", "initial_env", "run_jaxpr"]
+
+
+class Evaluation(NamedTuple):
+    """The result of `run_jaxpr`: the output jets, and the jet of every variable
+    (what the contraction after the last linear layer reads)."""
+
+    outs: list[Jet]
+    env: dict[Any, Jet]
+
+
+def initial_env(
+    jaxpr: core.Jaxpr, consts: Sequence[Any], args: Sequence[Jet]
+) -> dict[Any, Jet]:
+    """The jets of `jaxpr`'s constants (no tangent) and inputs."""
+    env: dict[Any, Jet] = dict(zip(jaxpr.constvars, const_jets(consts)))
+    env.update(zip(jaxpr.invars, args))
+    return env
+
+
+def run_jaxpr(
+    ctx: JetContext,
+    jaxpr: core.Jaxpr,
+    env: dict[Any, Jet],
+    compress: bool = False,
+    start: int = 0,
+) -> Evaluation:
+    """Evaluates the equations of `jaxpr` from index `start` on, given the jets in
+    `env` (the inputs and constants, and the outputs of the equations before
+    `start`), which is not modified.
+
+    With `compress`, the K directions are compressed (`compression.compressed`)
+    at the first equation whose single output narrows (`compression.narrows`) and
+    is, from then on, the only value still needed that carries a tangent.
+    """
+    env = dict(env)
+
+    def read(v: Any) -> Jet:
+        return Jet(v.val, None, None) if isinstance(v, core.Literal) else env[v]
+
+    last_use = last_uses(jaxpr) if compress else {}
+    for i, eqn in enumerate(jaxpr.eqns[start:], start):
+        jets = [read(v) for v in eqn.invars]
+        with eqn.ctx.manager:
+            if all(j.tangent is None for j in jets):
+                # Independent of the inputs: evaluated as is, at no extra cost.
+                outs = const_jets(bind(eqn, primals_of(jets)))
+            else:
+                outs = lookup(eqn.primitive)(ctx, eqn, jets)
+        env.update(zip(eqn.outvars, outs))
+        if compress and len(eqn.outvars) == 1 and narrows(outs[0]):
+            (var,) = eqn.outvars
+            live = lambda u: u in env and env[u].tangent is not None  # noqa: E731
+            if only_dependent(last_use, i, var, live):
+                env[var], ctx = compressed(ctx, outs[0])
+                compress = False
+    return Evaluation([read(v) for v in jaxpr.outvars], env)
+
+
+def eval_jaxpr(
+    ctx: JetContext, jaxpr: core.Jaxpr, consts: Sequence[Any], args: Sequence[Jet]
+) -> list[Jet]:
+    """The output jets of `jaxpr` at the input jets `args`."""
+    return run_jaxpr(ctx, jaxpr, initial_env(jaxpr, consts, args)).outs
