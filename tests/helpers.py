@@ -300,3 +300,63 @@ class NN(nn.Module):
         out = nn.tanh(nn.Dense(features=self.hid_dim)(out))
         out = nn.Dense(features=self.output_dim)(out)
         return out
+
+
+# ---- the collapsed-jet oracle, shared by the engine's test files ----------------
+
+# The engine's test programs are tiny and many, so XLA's compile time would
+# dominate them; these options (no backend optimisation, the simpler
+# non-fusion-emitter CPU codegen) cut it several-fold and do not matter for the
+# values checked.
+QUICK_OPTIONS = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+    "xla_cpu_use_fusion_emitters": False,
+}
+
+
+def quick_jit(fn: Callable) -> Callable:
+    return jax.jit(fn, compiler_options=QUICK_OPTIONS)
+
+
+def line_oracle(fn, primals, tangents, weights):
+    """`(out, out_tangents, out_second)` of `collapsed_jet`, by differentiating the
+    restriction of `fn` to each line `s -> primals + s v_k` twice with nested
+    forward autodiff."""
+    dtype = next(p.dtype for p in primals if jnp.issubdtype(p.dtype, jnp.inexact))
+
+    def along(*vs):
+        def line(s):
+            return fn(*(p if v is None else p + s * v for p, v in zip(primals, vs)))
+
+        def first(s):
+            return jax.jvp(line, (s,), (jnp.ones((), dtype),))
+
+        # d/ds of (line, d line/ds) at s = 0: (first derivative, second derivative)
+        return jax.jvp(first, (jnp.zeros((), dtype),), (jnp.ones((), dtype),))[1]
+
+    axes = [None if t is None else 0 for t in tangents]
+    t, h = jax.vmap(along, in_axes=axes)(*tangents)
+    return fn(*primals), t, jnp.tensordot(weights, h, axes=1)
+
+
+def check_jet(fn, primals, tangents, weights, rtol=1e-10, atol=1e-10):
+    """`collapsed_jet` against `line_oracle`, both compiled in one program;
+    returns the engine's result."""
+    # The rest of this module holds oracles and never imports eqxderiv; only this
+    # comparison calls the engine.
+    from eqxderiv._engine import collapsed_jet
+
+    @quick_jit
+    def both(primals, tangents, weights):
+        return (
+            collapsed_jet(fn, primals, tangents, weights),
+            line_oracle(fn, primals, tangents, weights),
+        )
+
+    got, want = both(primals, tangents, weights)
+    for g, w in zip(got, want):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.shape == w.shape, (g.shape, w.shape)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+    return got

@@ -15,6 +15,11 @@ import jax.numpy as jnp  # noqa: E402
 import jax.scipy.linalg as jsl  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from helpers import (  # noqa: E402
+    check_jet,
+    line_oracle as oracle,
+    quick_jit,
+)
 from jax import lax  # noqa: E402
 
 import eqxderiv  # noqa: E402
@@ -22,56 +27,12 @@ from eqxderiv import FallbackWarning  # noqa: E402
 from eqxderiv._engine import collapsed_jet, registry  # noqa: E402
 
 
-# Tiny programs: XLA's compile time dominates, and these options cut it.
-_QUICK = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
-    "xla_cpu_use_fusion_emitters": False,
-}
-
-
-def quick_jit(fn):
-    return jax.jit(fn, compiler_options=_QUICK)
-
-
-def oracle(fn, primals, tangents, weights):
-    """`(out, out_tangents, out_second)` by differentiating the restriction of `fn`
-    to each line `s -> primals + s v_k` twice with nested forward autodiff."""
-    dtype = next(p.dtype for p in primals if jnp.issubdtype(p.dtype, jnp.inexact))
-
-    def along(*vs):
-        def line(s):
-            return fn(*(p if v is None else p + s * v for p, v in zip(primals, vs)))
-
-        def first(s):
-            return jax.jvp(line, (s,), (jnp.ones((), dtype),))
-
-        return jax.jvp(first, (jnp.zeros((), dtype),), (jnp.ones((), dtype),))[1]
-
-    axes = [None if t is None else 0 for t in tangents]
-    t, h = jax.vmap(along, in_axes=axes)(*tangents)
-    return fn(*primals), t, jnp.tensordot(weights, h, axes=1)
+def check(fn, primals, tangents, weights, rtol=1e-9, atol=1e-9):
+    return check_jet(fn, primals, tangents, weights, rtol, atol)
 
 
 def assert_close(a, b, rtol=1e-9, atol=1e-9):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
-
-
-def check(fn, primals, tangents, weights, rtol=1e-9, atol=1e-9):
-    """Compare against the oracle, both compiled in one program; returns ours."""
-
-    @quick_jit
-    def both(primals, tangents, weights):
-        return (
-            collapsed_jet(fn, primals, tangents, weights),
-            oracle(fn, primals, tangents, weights),
-        )
-
-    got, want = both(primals, tangents, weights)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape
-        assert_close(g, w, rtol, atol)
-    return got
 
 
 D, K = 4, 3

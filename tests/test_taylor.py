@@ -14,6 +14,11 @@ import jax.numpy as jnp  # noqa: E402
 import jax.scipy.special as jss  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from helpers import (  # noqa: E402
+    check_jet as check,
+    line_oracle as oracle,
+    quick_jit,
+)
 from jax import lax  # noqa: E402
 
 from eqxderiv import FallbackWarning  # noqa: E402
@@ -26,40 +31,6 @@ from eqxderiv._engine import (  # noqa: E402
 )
 
 
-# The test programs are tiny and many, so XLA's compile time would dominate this
-# file; these options (no backend optimisation, the simpler non-fusion-emitter CPU
-# codegen) cut it several-fold and do not matter for the values checked.
-_QUICK = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
-    "xla_cpu_use_fusion_emitters": False,
-}
-
-
-def quick_jit(fn):
-    return jax.jit(fn, compiler_options=_QUICK)
-
-
-def oracle(fn, primals, tangents, weights):
-    """`(out, out_tangents, out_second)` by differentiating the restriction of `fn`
-    to each line `s -> primals + s v_k` twice with nested forward autodiff."""
-    dtype = next(p.dtype for p in primals if jnp.issubdtype(p.dtype, jnp.inexact))
-
-    def along(*vs):
-        def line(s):
-            return fn(*(p if v is None else p + s * v for p, v in zip(primals, vs)))
-
-        def first(s):
-            return jax.jvp(line, (s,), (jnp.ones((), dtype),))
-
-        # d/ds of (line, d line/ds) at s = 0: (first derivative, second derivative)
-        return jax.jvp(first, (jnp.zeros((), dtype),), (jnp.ones((), dtype),))[1]
-
-    axes = [None if t is None else 0 for t in tangents]
-    t, h = jax.vmap(along, in_axes=axes)(*tangents)
-    return fn(*primals), t, jnp.tensordot(weights, h, axes=1)
-
-
 def laplacian(fn, x):
     """Per-output Laplacian from the full Hessian."""
     return jnp.trace(jax.hessian(fn)(x), axis1=-2, axis2=-1)
@@ -67,23 +38,6 @@ def laplacian(fn, x):
 
 def assert_close(a, b, rtol=1e-10, atol=1e-10):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
-
-
-def check(fn, primals, tangents, weights, rtol=1e-10, atol=1e-10):
-    """Compare against the oracle, both compiled in one program; returns ours."""
-
-    @quick_jit
-    def both(primals, tangents, weights):
-        return (
-            collapsed_jet(fn, primals, tangents, weights),
-            oracle(fn, primals, tangents, weights),
-        )
-
-    got, want = both(primals, tangents, weights)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape
-        assert_close(g, w, rtol, atol)
-    return got
 
 
 def probes(seed, k, d):
