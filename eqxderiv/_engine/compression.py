@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.extend import core
@@ -126,6 +127,31 @@ def compressed(ctx: JetContext, jet: Jet) -> tuple[Jet, JetContext]:
     return new, JetContext(jnp.ones((n,), ctx.weights.dtype))
 
 
+def _differentiable_factor(work: Array) -> Array:
+    """`R` as a differentiable function of `work` (see `gram_factor`)."""
+    q0, r0 = jnp.linalg.qr(lax.stop_gradient(work))
+    diag = jnp.abs(jnp.diagonal(r0))
+    tol = 16 * max(work.shape) * jnp.finfo(work.dtype).eps
+    full = jnp.min(diag) > tol * jnp.max(diag)
+    # Feed QR a well-conditioned matrix where `a` is rank-deficient, so that its
+    # (unused) derivative there is finite and no NaN leaks through `where`.
+    safe = jnp.where(full, work, jnp.eye(*work.shape, dtype=work.dtype))
+    return jnp.where(full, jnp.linalg.qr(safe, mode="r"), q0.T @ work)
+
+
+# Evaluated without derivatives, `R` is one QR factorisation; the second QR that
+# keeps derivatives finite at rank deficiency runs only inside the JVP, so a
+# forward-only Laplacian pays for one.
+@jax.custom_jvp
+def _factor(work: Array) -> Array:
+    return jnp.linalg.qr(work, mode="r")
+
+
+@_factor.defjvp
+def _factor_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+    return jax.jvp(_differentiable_factor, primals, tangents)
+
+
 def gram_factor(a: Array) -> Array:
     """An `(n, n)` factor `R` with `R^T R = a^T a`, for `a` of shape `(K, n)`,
     `K > n`: the triangular factor of a QR decomposition.
@@ -140,12 +166,5 @@ def gram_factor(a: Array) -> Array:
     """
     dtype = a.dtype
     work = a.astype(jnp.float32) if jnp.finfo(dtype).bits < 32 else a
-    q0, r0 = jnp.linalg.qr(lax.stop_gradient(work))
-    diag = jnp.abs(jnp.diagonal(r0))
-    tol = 16 * max(work.shape) * jnp.finfo(work.dtype).eps
-    full = jnp.min(diag) > tol * jnp.max(diag)
-    # Feed QR a well-conditioned matrix where `a` is rank-deficient, so that its
-    # (unused) derivative there is finite and no NaN leaks through `where`.
-    safe = jnp.where(full, work, jnp.eye(*work.shape, dtype=work.dtype))
-    r = jnp.where(full, jnp.linalg.qr(safe, mode="r"), q0.T @ work)
+    r = _factor(work)
     return r.astype(dtype)
