@@ -90,33 +90,11 @@ CURVATURE.update(
 # the complex derivative. Every other elementwise primitive on complex values
 # (`abs` of a complex number, ...) goes through nested autodiff, which follows
 # JAX's definition of a real directional derivative.
-_HOLOMORPHIC = frozenset(
-    {
-        "tanh",
-        "logistic",
-        "exp",
-        "expm1",
-        "log",
-        "log1p",
-        "sin",
-        "cos",
-        "tan",
-        "sinh",
-        "cosh",
-        "asin",
-        "acos",
-        "atan",
-        "asinh",
-        "acosh",
-        "atanh",
-        "sqrt",
-        "rsqrt",
-        "square",
-        "integer_pow",
-        "div",
-        "pow",
-    }
-)
+_HOLOMORPHIC = (
+    frozenset(_CURVED_UNARY)
+    - {"exp2", "cbrt", "erf", "erfc", "erf_inv", "lgamma", "digamma"}
+    - {"bessel_i0e", "bessel_i1e"}
+) | {"integer_pow", "div", "pow"}
 
 
 def partial_derivative(fn: Callable[..., Any], i: int) -> Callable[..., Any]:
