@@ -2,15 +2,17 @@
 
 import importlib.metadata
 
-from ._curl import Advection as Advection, Curl as Curl
+from ._abstract_derivative import AbstractDerivative as AbstractDerivative
+from ._advection import Advection as Advection
+from ._component import Component as Component
+from ._curl import Curl as Curl
 from ._custom_types import (
     Field as Field,
     SpaceLike as SpaceLike,
     TimeLike as TimeLike,
 )
-from ._derivative import AbstractDerivative as AbstractDerivative
 from ._derivatives import derivatives as derivatives
-from ._divergence import Divergence as Divergence, GradDiv as GradDiv
+from ._divergence import Divergence as Divergence
 from ._engine import (
     FallbackWarning as FallbackWarning,
     Jet as Jet,
@@ -18,19 +20,26 @@ from ._engine import (
     register_rule as register_rule,
 )
 from ._flax import FlaxField as FlaxField, from_flax as from_flax
-from ._jacobian import Grad as Grad, Hessian as Hessian, Jacobian as Jacobian
+from ._grad import Grad as Grad
+from ._grad_div import GradDiv as GradDiv
+from ._hessian import Hessian as Hessian
+from ._jacobian import Jacobian as Jacobian
 from ._laplacian import Laplacian as Laplacian
-from ._method import (
+from ._methods import (
     AbstractJetMethod as AbstractJetMethod,
     AbstractMethod as AbstractMethod,
+    FieldProgram as FieldProgram,
     Forward as Forward,
+    Hutchinson as Hutchinson,
+    MethodName as MethodName,
     Nested as Nested,
+    SparseSampling as SparseSampling,
+    Taylor as Taylor,
 )
 from ._nn import SpaceTimeMLP as SpaceTimeMLP
 from ._operator import AbstractOperator as AbstractOperator
-from ._stochastic import Hutchinson as Hutchinson, SparseSampling as SparseSampling
-from ._taylor_method import Taylor as Taylor
-from ._time import TimeDerivative as TimeDerivative
+from ._quantity import Quantity as Quantity
+from ._time_derivative import TimeDerivative as TimeDerivative
 from ._value import Value as Value
 
 

@@ -1,23 +1,18 @@
+"""`eqxderiv.derivatives`: several named derivatives of one field, returned
+separately, from one shared propagation."""
+
 from collections.abc import Sequence
-from typing import Any
 
 from jaxtyping import Array, PRNGKeyArray
 
+from ._abstract_derivative import AbstractDerivative, fused
+from ._batching import evaluate_batched
 from ._custom_types import ChunkSize, Field, SpaceLike, TimeLike
-from ._derivative import AbstractDerivative, _flat_field, _out_shape, _split
-from ._divergence import GradDiv
+from ._grad_div import GradDiv
 from ._jacobian import Jacobian
-from ._method import as_method, needs_key
-from ._misc import (
-    check_chunk_size,
-    check_field,
-    check_inputs,
-    field_output,
-    map_batch,
-    sample_struct,
-)
-from ._operator import AbstractOperator, _check_key
-from ._time import TimeDerivative
+from ._methods import MethodLike, as_method
+from ._time_derivative import TimeDerivative
+from ._validation import check_field
 from ._value import Value
 
 
@@ -30,7 +25,7 @@ def derivatives(
     t: TimeLike | None = None,
     operators: Sequence[type[AbstractDerivative]] = _DEFAULT,
     *,
-    method: Any = "auto",
+    method: MethodLike = "auto",
     key: PRNGKeyArray | None = None,
     chunk_size: ChunkSize = None,
 ) -> tuple[Array, ...]:
@@ -70,23 +65,8 @@ def derivatives(
                 "`operators` must contain named operator classes such as "
                 f"`eqxderiv.Jacobian`; got {k!r}."
             )
-    method = as_method(method)
-    x, t, batch = check_inputs(x, t)
-    chunk_size = check_chunk_size(chunk_size)
-    needs = frozenset().union(*(k.needs for k in kinds))
-    stochastic = needs_key(method, needs) or (
-        isinstance(field, AbstractOperator) and field.stochastic
-    )
-    _check_key(key, stochastic, "derivatives")
-    xs, ts = sample_struct(x, batch), sample_struct(t, batch)
-    out = field_output(field, xs, ts)
-    for k in kinds:
-        k.result_shape(out.shape, xs.shape[-1], ts is not None)
-
-    def single(x_, t_, key_):
-        inner, outer = _split(key_, field, method)
-        shape = _out_shape(field, x_, t_)
-        q = method.compute(_flat_field(field, inner), x_, t_, needs, outer)
-        return tuple(k.assemble(q, shape, x_.shape[-1]) for k in kinds)
-
-    return map_batch(single, x, t, key, batch, chunk_size)
+    op = fused(field, as_method(method), kinds)
+    return evaluate_batched(
+        "derivatives", op.stochastic, op.term_structures, op.evaluate_terms, x, t,
+        key, chunk_size,
+    )  # fmt: skip

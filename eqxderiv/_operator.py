@@ -1,42 +1,23 @@
 """The operator base class and operator arithmetic.
 
-Every operator is an `eqx.Module` wrapping a field; calling it on a batch maps a
-per-sample computation over the leading axes. Arithmetic between operators builds
-new operators in the lineax manner: small final wrappers. Sums of named
-derivatives of the *same* field object (and scalar multiples of them) are fused
-into one `_Fused` operator, evaluated in a single shared propagation.
+Every operator is an `eqx.Module` wrapping one or more fields. Calling one on a
+batch validates the wrapped fields once on the per-sample structs
+(`out_structure`) and maps the per-sample `evaluate` over the leading axes.
+Arithmetic between operators builds small final wrappers, in the lineax manner.
 """
 
 import abc
 import numbers
-from typing import Any
+from typing import Any, final
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._custom_types import ChunkSize, SpaceLike, TimeLike
-from ._misc import (
-    check_chunk_size,
-    check_field,
-    check_inputs,
-    check_key,
-    map_batch,
-    sample_struct,
-)
-
-
-def _check_key(key: Any, stochastic: bool, name: str) -> None:
-    if key is not None:
-        # Checked even where unused: a batch of keys is a misunderstanding of the
-        # calling convention, and `map_batch` splits whatever key it is given.
-        check_key(key)
-    if stochastic and key is None:
-        raise ValueError(
-            f"{name} uses a stochastic estimator and needs a PRNG key: call it "
-            f"as `op(x, t, key=jax.random.key(0))`."
-        )
+from ._batching import evaluate_batched
+from ._custom_types import ChunkSize, Field, SpaceLike, TimeLike
+from ._field_call import call_field, field_output
 
 
 class AbstractOperator(eqx.Module):
@@ -44,8 +25,12 @@ class AbstractOperator(eqx.Module):
 
     Operators are fields themselves: they can be wrapped by further operators and
     combined with `+`, `-`, `*` and `/`. Calling one on `x` of shape `(*batch, d)`
-    (and optionally `t` of shape `(*batch,)` or `(*batch, 1)`) returns
+    (and optionally `t` of shape `(*batch,)`, `(*batch, 1)` or `()`) returns
     `(*batch, *result)`.
+
+    A new operator implements three things, all for one sample: `stochastic`,
+    `out_structure` (validation and the result's shape) and `evaluate`. Calling it
+    on a batch is the same for every operator (`__call__` is final).
     """
 
     @property
@@ -54,6 +39,41 @@ class AbstractOperator(eqx.Module):
         """Whether evaluating this operator needs a PRNG key."""
 
     @abc.abstractmethod
+    def out_structure(
+        self, x: jax.ShapeDtypeStruct, t: jax.ShapeDtypeStruct | None
+    ) -> jax.ShapeDtypeStruct:
+        """Validates the wrapped fields for one sample, without computing anything.
+
+        **Arguments:**
+
+        - `x`: the struct of one sample's point, shape `(d,)`.
+        - `t`: the struct of one sample's time, shape `()` or `(1,)`, or `None`.
+
+        **Returns:** the struct of one sample's result. Raises a `ValueError` or
+        `TypeError` for a field this operator does not apply to.
+        """
+
+    @abc.abstractmethod
+    def evaluate(
+        self,
+        x: Float[Array, " d"],
+        t: Float[Array, ""] | Float[Array, "1"] | None,
+        key: PRNGKeyArray | None,
+    ) -> Float[Array, "..."]:
+        """Evaluates the operator on one sample.
+
+        **Arguments:**
+
+        - `x`: one point, shape `(d,)`.
+        - `t`: its time, shape `()` or `(1,)`, or `None`.
+        - `key`: this sample's PRNG key where the operator is stochastic, else
+            `None`.
+
+        **Returns:** the result for this sample, of the shape `out_structure`
+        gives.
+        """
+
+    @final
     def __call__(
         self,
         x: SpaceLike,
@@ -61,14 +81,15 @@ class AbstractOperator(eqx.Module):
         *,
         key: PRNGKeyArray | None = None,
         chunk_size: ChunkSize = None,
-    ) -> Array:
+    ) -> Float[Array, "..."]:
         """Evaluates the operator on a batch.
 
         **Arguments:**
 
         - `x`: points of shape `(*batch, d)`.
-        - `t`: times of shape `(*batch,)` or `(*batch, 1)`, or `None` for fields
-            of `x` alone.
+        - `t`: times of shape `(*batch,)` or `(*batch, 1)`, or one time of shape
+            `()` (a Python float too) for every point, or `None` for fields of `x`
+            alone.
         - `key`: one PRNG key for the whole call (each sample gets its own
             subkey), needed where a stochastic method estimates the result.
         - `chunk_size`: evaluate the batch this many samples at a time
@@ -77,53 +98,51 @@ class AbstractOperator(eqx.Module):
 
         **Returns:** the result, of shape `(*batch, *result)`.
         """
+        name = type(self).__name__
+        return evaluate_batched(
+            name, self.stochastic, self.out_structure, self.evaluate, x, t, key,
+            chunk_size,
+        )  # fmt: skip
 
-    @abc.abstractmethod
-    def _out_struct(self, x: jax.ShapeDtypeStruct, t: Any) -> jax.ShapeDtypeStruct:
-        """Validates the wrapped fields on one sample; returns the result's struct."""
+    # How the arithmetic below keeps work shared. Named derivatives of one field
+    # override these two (in `_abstract_derivative.py`, which can see the classes
+    # they build); every other operator keeps the defaults. They are ordinary
+    # methods with defaults, not abstract ones, so that a new operator needs
+    # neither.
 
-    @abc.abstractmethod
-    def _single(self, x: Array, t: Array | None, key: Any) -> Array:
-        """Evaluates the operator on one sample."""
+    def _merged(self, other: "AbstractOperator") -> "AbstractOperator | None":
+        """`self + other` as one operator sharing their work, or `None`."""
+        return None
 
-    def _apply(
-        self,
-        x: Any,
-        t: Any,
-        key: Any,
-        chunk_size: ChunkSize,
-    ) -> Array:
-        x, t, batch = check_inputs(x, t)
-        _check_key(key, self.stochastic, type(self).__name__)
-        chunk_size = check_chunk_size(chunk_size)
-        self._out_struct(sample_struct(x, batch), sample_struct(t, batch))
-        return map_batch(self._single, x, t, key, batch, chunk_size)
+    def _scaled(self, c: Any) -> "AbstractOperator":
+        """`c * self`, for a scalar `c`."""
+        return _Scale(self, c)
 
     # Operator arithmetic. Every method returns a new (final) operator.
 
     def __add__(self, other: Any) -> "AbstractOperator":
-        return _sum(self, _as_operator(other, "+", like=self))
+        return _sum(self, _as_operator(other, "+"))
 
     def __radd__(self, other: Any) -> "AbstractOperator":
-        return _sum(_as_operator(other, "+", like=self), self)
+        return _sum(_as_operator(other, "+"), self)
 
     def __sub__(self, other: Any) -> "AbstractOperator":
-        return _sum(self, _scale(_as_operator(other, "-", like=self), -1))
+        return _sum(self, _as_operator(other, "-")._scaled(-1))
 
     def __rsub__(self, other: Any) -> "AbstractOperator":
-        return _sum(_as_operator(other, "-", like=self), _scale(self, -1))
+        return _sum(_as_operator(other, "-"), self._scaled(-1))
 
     def __neg__(self) -> "AbstractOperator":
-        return _scale(self, -1)
+        return self._scaled(-1)
 
     def __mul__(self, other: Any) -> "AbstractOperator":
         if _is_scalar(other):
-            return _scale(self, other)
+            return self._scaled(other)
         return _Mul(self, _as_operator(other, "*"))
 
     def __rmul__(self, other: Any) -> "AbstractOperator":
         if _is_scalar(other):
-            return _scale(self, other)
+            return self._scaled(other)
         return _Mul(_as_operator(other, "*"), self)
 
     def __truediv__(self, other: Any) -> "AbstractOperator":
@@ -132,7 +151,7 @@ class AbstractOperator(eqx.Module):
                 "Operators can only be divided by a scalar (a Python number or a "
                 f"0-d floating array); got {_describe(other)}."
             )
-        return _scale(self, 1 / other)
+        return self._scaled(1 / other)
 
 
 def _describe(x: Any) -> str:
@@ -159,23 +178,33 @@ def _is_scalar(x: Any) -> bool:
     return True
 
 
-def _as_operator(
-    other: Any, symbol: str, like: AbstractOperator | None = None
-) -> AbstractOperator:
-    from ._derivative import as_fused
-    from ._value import Value
+class PlainField(AbstractOperator):
+    """`coeff * field(x, t)`: a plain field met in operator arithmetic
+    (`TimeDerivative(f) + f`). In a sum with named derivatives of the same field,
+    it becomes a `Value` term of their shared propagation."""
 
+    field: Field
+    coeff: Any = 1
+
+    @property
+    def stochastic(self) -> bool:
+        return False
+
+    def out_structure(self, x, t):
+        return field_output(self.field, x, t, is_operator=False, stochastic=False)
+
+    def evaluate(self, x, t, key):
+        return self.coeff * call_field(self.field, x, t)
+
+    def _scaled(self, c):
+        return PlainField(self.field, c * self.coeff)
+
+
+def _as_operator(other: Any, symbol: str) -> AbstractOperator:
     if isinstance(other, AbstractOperator):
         return other
     if callable(other):
-        # In a sum, the field takes the method of the named derivative it is added
-        # to (of its own field, if the sum has one), so that `D(f, method=m) + f`
-        # still fuses into one propagation.
-        candidates = [] if like is None else [as_fused(op) for op in _terms(like)]
-        candidates = [c for c in candidates if c is not None]
-        same = [c for c in candidates if c.field is other]
-        chosen = (same or candidates or [None])[0]
-        return Value(other) if chosen is None else Value(other, method=chosen.method)
+        return PlainField(other)
     raise TypeError(
         f"`{symbol}` between an operator and {_describe(other)} is not defined: "
         "expected another operator or a field (a callable `f(x)` / `f(x, t)`)"
@@ -183,9 +212,19 @@ def _as_operator(
     )
 
 
+def _same_shapes(structs: list[jax.ShapeDtypeStruct], what: str) -> None:
+    shapes = [s.shape for s in structs]
+    if any(s != shapes[0] for s in shapes):
+        raise ValueError(
+            f"Cannot {what} operator results of per-sample shapes "
+            f"{', '.join(map(str, shapes))}; nothing is broadcast."
+        )
+
+
 class _Sum(AbstractOperator):
-    """A flat sum of terms. Terms on the same field object with the same method are
-    kept merged in one fused term, however the expression was bracketed."""
+    """A flat sum of terms. Terms that share work (named derivatives of the same
+    field object with the same method) are kept merged in one term, however the
+    expression was bracketed."""
 
     terms: tuple[AbstractOperator, ...]
 
@@ -193,36 +232,21 @@ class _Sum(AbstractOperator):
     def stochastic(self) -> bool:
         return any(op.stochastic for op in self.terms)
 
-    def _out_struct(self, x, t):
-        structs = [op._out_struct(x, t) for op in self.terms]
-        shapes = [s.shape for s in structs]
-        if any(s != shapes[0] for s in shapes):
-            raise ValueError(
-                "Cannot add operator results of per-sample shapes "
-                f"{', '.join(map(str, shapes))}; nothing is broadcast."
-            )
-        return jax.ShapeDtypeStruct(
-            shapes[0], jnp.result_type(*(s.dtype for s in structs))
-        )
+    def out_structure(self, x, t):
+        structs = [op.out_structure(x, t) for op in self.terms]
+        _same_shapes(structs, "add")
+        dtype = jnp.result_type(*(s.dtype for s in structs))
+        return jax.ShapeDtypeStruct(structs[0].shape, dtype)
 
-    def _single(self, x, t, key):
-        keys = (
-            [None] * len(self.terms)
-            if key is None
-            else jax.random.split(key, len(self.terms))
-        )
-        outs = [op._single(x, t, k) for op, k in zip(self.terms, keys)]
+    def evaluate(self, x, t, key):
+        n = len(self.terms)
+        keys = [None] * n if key is None else list(jax.random.split(key, n))
+        outs = [op.evaluate(x, t, k) for op, k in zip(self.terms, keys)]
         return sum(outs[1:], outs[0])
 
-    def __call__(
-        self,
-        x: SpaceLike,
-        t: TimeLike | None = None,
-        *,
-        key: PRNGKeyArray | None = None,
-        chunk_size: ChunkSize = None,
-    ) -> Float[Array, "..."]:
-        return self._apply(x, t, key, chunk_size)
+    def _scaled(self, c):
+        # Distributed over the terms, so that the scaled terms can still merge.
+        return _Sum(tuple(term._scaled(c) for term in self.terms))
 
 
 class _Mul(AbstractOperator):
@@ -233,9 +257,9 @@ class _Mul(AbstractOperator):
     def stochastic(self) -> bool:
         return self.left.stochastic or self.right.stochastic
 
-    def _out_struct(self, x, t):
-        a = self.left._out_struct(x, t)
-        b = self.right._out_struct(x, t)
+    def out_structure(self, x, t):
+        a = self.left.out_structure(x, t)
+        b = self.right.out_structure(x, t)
         # A scalar field times any field is ordinary math; anything else must match.
         if a.shape != b.shape and a.shape != () and b.shape != ():
             raise ValueError(
@@ -246,19 +270,9 @@ class _Mul(AbstractOperator):
         shape = a.shape if a.shape != () else b.shape
         return jax.ShapeDtypeStruct(shape, jnp.result_type(a.dtype, b.dtype))
 
-    def _single(self, x, t, key):
+    def evaluate(self, x, t, key):
         kl, kr = (None, None) if key is None else jax.random.split(key)
-        return self.left._single(x, t, kl) * self.right._single(x, t, kr)
-
-    def __call__(
-        self,
-        x: SpaceLike,
-        t: TimeLike | None = None,
-        *,
-        key: PRNGKeyArray | None = None,
-        chunk_size: ChunkSize = None,
-    ) -> Float[Array, "..."]:
-        return self._apply(x, t, key, chunk_size)
+        return self.left.evaluate(x, t, kl) * self.right.evaluate(x, t, kr)
 
 
 class _Scale(AbstractOperator):
@@ -269,35 +283,14 @@ class _Scale(AbstractOperator):
     def stochastic(self) -> bool:
         return self.operator.stochastic
 
-    def _out_struct(self, x, t):
-        return self.operator._out_struct(x, t)
+    def out_structure(self, x, t):
+        return self.operator.out_structure(x, t)
 
-    def _single(self, x, t, key):
-        return self.scale * self.operator._single(x, t, key)
+    def evaluate(self, x, t, key):
+        return self.scale * self.operator.evaluate(x, t, key)
 
-    def __call__(
-        self,
-        x: SpaceLike,
-        t: TimeLike | None = None,
-        *,
-        key: PRNGKeyArray | None = None,
-        chunk_size: ChunkSize = None,
-    ) -> Float[Array, "..."]:
-        return self._apply(x, t, key, chunk_size)
-
-
-def _scale(op: AbstractOperator, c: Any) -> AbstractOperator:
-    from ._derivative import as_fused
-
-    if isinstance(op, _Sum):
-        # Distributed over the terms, so that the scaled terms can still fuse.
-        return _Sum(tuple(_scale(term, c) for term in op.terms))
-    fused = as_fused(op)
-    if fused is not None:
-        return fused.scaled(c)
-    if isinstance(op, _Scale):
-        return _Scale(op.operator, c * op.scale)
-    return _Scale(op, c)
+    def _scaled(self, c):
+        return _Scale(self.operator, c * self.scale)
 
 
 def _terms(op: AbstractOperator) -> tuple[AbstractOperator, ...]:
@@ -305,22 +298,17 @@ def _terms(op: AbstractOperator) -> tuple[AbstractOperator, ...]:
 
 
 def _sum(a: AbstractOperator, b: AbstractOperator) -> AbstractOperator:
-    """`a + b` as a flat sum, each term merged into an earlier one of the same field
-    and method where possible."""
-    from ._derivative import as_fused
-
+    """`a + b` as a flat sum, each term merged into an earlier one where they
+    share work."""
     terms: list[AbstractOperator] = []
     for op in _terms(a) + _terms(b):
-        new = as_fused(op)
         for i, prev in enumerate(terms):
-            old = as_fused(prev)
-            merged = None if new is None or old is None else old.merged(new)
+            merged = prev._merged(op)
+            if merged is None:
+                merged = op._merged(prev)
             if merged is not None:
                 terms[i] = merged
                 break
         else:
             terms.append(op)
     return terms[0] if len(terms) == 1 else _Sum(tuple(terms))
-
-
-__all__ = ["AbstractOperator", "check_field"]

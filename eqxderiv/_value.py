@@ -1,11 +1,7 @@
 from typing import ClassVar
 
-import equinox as eqx
-from jaxtyping import Array, Float, PRNGKeyArray
-
-from ._custom_types import ChunkSize, Field, SpaceLike, TimeLike
-from ._derivative import AbstractDerivative
-from ._method import AbstractMethod, as_method
+from ._abstract_derivative import AbstractDerivative
+from ._quantity import Quantity
 
 
 class Value(AbstractDerivative):
@@ -28,24 +24,8 @@ class Value(AbstractDerivative):
     **Returns:** calling it on `x` `(*batch, d)` gives `(*batch, *out)`.
     """
 
-    field: Field
-    method: AbstractMethod = eqx.field(default="auto", converter=as_method, static=True)
-    needs: ClassVar[frozenset[str]] = frozenset({"value"})
-
-    @classmethod
-    def result_shape(cls, out, d, has_t):
-        return tuple(out)
+    needs: ClassVar[frozenset[Quantity]] = frozenset({Quantity.VALUE})
 
     @classmethod
     def assemble(cls, q, out, d):
-        return q["value"].reshape(out)
-
-    def __call__(
-        self,
-        x: SpaceLike,
-        t: TimeLike | None = None,
-        *,
-        key: PRNGKeyArray | None = None,
-        chunk_size: ChunkSize = None,
-    ) -> Float[Array, "..."]:
-        return self._apply(x, t, key, chunk_size)
+        return q[Quantity.VALUE].reshape(out)

@@ -13,9 +13,11 @@ less than many compilations of one. Eager evaluation is tested
 on its own (test_transforms.py, test_flax.py).
 """
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import equinox as eqx
 import flax.linen as nn
@@ -360,3 +362,28 @@ def check_jet(fn, primals, tangents, weights, rtol=1e-10, atol=1e-10):
         assert g.shape == w.shape, (g.shape, w.shape)
         np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
     return got
+
+
+def separate_evaluations(op: Callable, x: Array, t: Array | None = None) -> int:
+    """How many separate evaluations of a wrapped field tracing `op(x, t)` costs:
+    one per propagation of a method (one for every group of named derivatives
+    that fused) plus one per plain field left on its own in the arithmetic. What
+    fusion saves, counted without looking at how the operator is built."""
+    import eqxderiv._abstract_derivative as derivative
+    import eqxderiv._operator as operator
+
+    count = [0]
+
+    def counting(fn):
+        def wrapped(*args, **kwargs):
+            count[0] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    with contextlib.ExitStack() as stack:
+        for module, name in ((derivative, "trace_field"), (operator, "call_field")):
+            original = getattr(module, name)
+            stack.enter_context(mock.patch.object(module, name, counting(original)))
+        jax.make_jaxpr(lambda x_, t_: op(x_, t_))(x, t)
+    return count[0]

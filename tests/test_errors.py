@@ -21,7 +21,7 @@ import pytest
 from helpers import JnpMLP
 
 import eqxderiv
-from eqxderiv._misc import check_inputs
+from eqxderiv._validation import check_inputs
 
 
 F = lambda x, t: jnp.sin(x) * t
@@ -208,7 +208,7 @@ def test_method_argument():
     with pytest.raises(ValueError, match=r"`method` must be one of .*; got 'bogus'"):
         eqxderiv.Laplacian(F, method="bogus")  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match=r"`method` must be one of .*; got 'bogus'"):
-        eqxderiv.derivatives(F, X, T, method="bogus")
+        eqxderiv.derivatives(F, X, T, method="bogus")  # pyright: ignore[reportArgumentType]
     with pytest.raises(TypeError, match=r"`method` must be a string .* got int"):
         eqxderiv.Laplacian(F, method=3)  # pyright: ignore
 

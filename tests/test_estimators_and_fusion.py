@@ -42,7 +42,7 @@ from helpers import (
 from jax.extend import core
 
 import eqxderiv
-from eqxderiv._method import _SHARED_PASS_MAX_DIRECTIONS
+from eqxderiv._methods.jet_method import _SHARED_PASS_MAX_DIRECTIONS
 
 
 # --------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from jax.extend import core as jcore
 import eqxderiv
 from eqxderiv import FallbackWarning
 from eqxderiv._engine import registry
-from eqxderiv._method import as_method
+from eqxderiv._methods import as_method
 
 
 jax.config.update("jax_enable_x64", True)  # also set by conftest.py

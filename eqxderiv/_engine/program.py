@@ -34,10 +34,12 @@ def primitive_names(jaxpr: core.Jaxpr) -> set[str]:
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr"}
 
 
-def _eval_with_forward_rules(jaxpr: core.Jaxpr, consts: Any, args: Any) -> list[Any]:
-    """Evaluates `jaxpr`, binding every `custom_vjp` call as a function whose JVP
-    is the transpose of its VJP (`forward_rule_of_vjp`); calls that contain one
-    are inlined."""
+def _evaluate(
+    jaxpr: core.Jaxpr, consts: Any, args: Any, forward_rules: bool
+) -> list[Any]:
+    """Evaluates `jaxpr`. With `forward_rules`, every `custom_vjp` call is bound
+    as a function whose JVP is the transpose of its VJP (`forward_rule_of_vjp`),
+    and calls that contain one are inlined."""
     env: dict[Any, Any] = {}
     read = lambda v: v.val if isinstance(v, core.Literal) else env[v]  # noqa: E731
     env.update(zip(jaxpr.constvars, consts))
@@ -46,7 +48,9 @@ def _eval_with_forward_rules(jaxpr: core.Jaxpr, consts: Any, args: Any) -> list[
         ins = [read(v) for v in eqn.invars]
         name = eqn.primitive.name
         with eqn.ctx.manager:
-            if name in ("custom_vjp_call", "custom_vjp_call_jaxpr"):
+            if not forward_rules:
+                outs = bind(eqn, ins)
+            elif name in ("custom_vjp_call", "custom_vjp_call_jaxpr"):
                 live = [i for i, a in enumerate(ins) if is_float(a)]
 
                 def f(*xs: Any, eqn: Any = eqn, ins: Any = ins, live: Any = live):
@@ -60,7 +64,7 @@ def _eval_with_forward_rules(jaxpr: core.Jaxpr, consts: Any, args: Any) -> list[
                 eqn.params[_CALLS[name]].jaxpr
             ):
                 inner = eqn.params[_CALLS[name]]
-                outs = _eval_with_forward_rules(inner.jaxpr, inner.consts, ins)
+                outs = _evaluate(inner.jaxpr, inner.consts, ins, True)
             else:
                 outs = bind(eqn, ins)
         env.update(zip(eqn.outvars, outs))
@@ -73,24 +77,32 @@ class Program(NamedTuple):
     out: jax.ShapeDtypeStruct
     # Whether reverse-mode autodiff applies (JAX has none through `while`).
     reverse: bool
-    # `fn`, or, when it uses `custom_vjp` functions, the same program with forward
-    # rules for them, so that `jax.jvp` applies.
+    # The traced program as a function of `(x, t)`: the same computation as `fn`,
+    # without calling `fn`'s Python code again.
+    call: Callable[[Any, Any], Any]
+    # `call`, or, when the program uses `custom_vjp` functions, the same program
+    # with forward rules for them, so that `jax.jvp` applies.
     forward: Callable[[Any, Any], Any]
 
 
 def trace_field(fn: Callable[[Any, Any], Any], x: Any, t: Any) -> Program:
+    """Traces `fn(x, t)` (one array out) once; see `Program`."""
     closed = jax.make_jaxpr(fn)(x, t)
     names = primitive_names(closed.jaxpr)
-    out = jax.ShapeDtypeStruct(closed.out_avals[0].shape, closed.out_avals[0].dtype)
-    forward: Callable[[Any, Any], Any] = fn
-    if names & {"custom_vjp_call", "custom_vjp_call_jaxpr"}:
-        consts = closed.consts
+    aval = closed.out_avals[0]
+    out = jax.ShapeDtypeStruct(aval.shape, aval.dtype)  # pyright: ignore
+    consts = closed.consts
 
-        def with_rules(x_: Any, t_: Any) -> Any:
+    def evaluator(forward_rules: bool) -> Callable[[Any, Any], Any]:
+        def evaluate(x_: Any, t_: Any) -> Any:
             leaves = jax.tree.leaves((x_, t_))
-            (y,) = _eval_with_forward_rules(closed.jaxpr, consts, leaves)
+            (y,) = _evaluate(closed.jaxpr, consts, leaves, forward_rules)
             return y
 
-        forward = with_rules
+        return evaluate
 
-    return Program(out, "while" not in names, forward)
+    call = evaluator(False)
+    custom_vjp = names & {"custom_vjp_call", "custom_vjp_call_jaxpr"}
+    forward = evaluator(True) if custom_vjp else call
+
+    return Program(out, "while" not in names, call, forward)

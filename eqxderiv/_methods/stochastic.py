@@ -7,9 +7,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._method import AbstractJetMethod
-from ._misc import as_int, check_count
-from ._taylor_method import taylor_jet
+from .._validation import as_int, check_count
+from .jet_method import AbstractJetMethod
+from .taylor import taylor_jet
 
 
 def _rademacher(key, shape, dtype):
@@ -26,7 +26,16 @@ def _rademacher(key, shape, dtype):
     return (2 * bits.astype(dtype) - 1).astype(dtype)
 
 
-class Hutchinson(AbstractJetMethod):
+class AbstractStochasticMethod(AbstractJetMethod):
+    """A jet method whose directions are random, drawn per sample."""
+
+    def jet(self, fn, x, t, tx, w, second, contract, tangents=True):
+        # Per-sample probes: compressing them would cost a factorisation per
+        # sample, so the tangents are always propagated as they are.
+        return taylor_jet(fn, x, t, tx, w, second, contract)
+
+
+class Hutchinson(AbstractStochasticMethod):
     """Hutchinson's trace estimator for `Divergence`, `Laplacian` and `GradDiv`.
 
     With $K$ independent probes $v_k$ of zero mean and identity covariance,
@@ -64,7 +73,6 @@ class Hutchinson(AbstractJetMethod):
 
     def __check_init__(self):
         check_count(self.num_probes, "num_probes")
-        check_count(self.chunk_size, "chunk_size", optional=True)
         if self.probe not in ("rademacher", "gaussian"):
             raise ValueError(
                 f"`probe` must be 'rademacher' or 'gaussian'; got {self.probe!r}."
@@ -78,13 +86,8 @@ class Hutchinson(AbstractJetMethod):
             V = jax.random.normal(key, shape, dtype=dtype)
         return V, jnp.full((self.num_probes,), 1 / self.num_probes, dtype), False
 
-    def jet(self, fn, x, t, tx, w, second, contract, tangents=True):
-        # Per-sample probes: compressing them would cost a factorisation per
-        # sample, so the tangents are always propagated as they are.
-        return taylor_jet(fn, x, t, tx, w, second, contract)
 
-
-class SparseSampling(AbstractJetMethod):
+class SparseSampling(AbstractStochasticMethod):
     """Sparse sampling of input dimensions (as in stochastic Taylor derivative
     estimators, STDE): $K$ coordinates $i_k$ drawn uniformly with replacement,
 
@@ -107,14 +110,8 @@ class SparseSampling(AbstractJetMethod):
 
     def __check_init__(self):
         check_count(self.num_samples, "num_samples")
-        check_count(self.chunk_size, "chunk_size", optional=True)
 
     def directions(self, d, dtype, key):
         idx = jax.random.randint(key, (self.num_samples,), 0, d)
         V = jax.nn.one_hot(idx, d, dtype=dtype)
         return V, jnp.full((self.num_samples,), d / self.num_samples, dtype), False
-
-    def jet(self, fn, x, t, tx, w, second, contract, tangents=True):
-        # Per-sample probes: compressing them would cost a factorisation per
-        # sample, so the tangents are always propagated as they are.
-        return taylor_jet(fn, x, t, tx, w, second, contract)

@@ -1,0 +1,110 @@
+"""Components of a field's output, as fields that still share its propagation."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._custom_types import Field
+from ._field_call import call_field
+from ._operator import AbstractOperator
+from ._validation import check_field
+
+
+def _indices(index: Any) -> int | tuple[int, ...]:
+    """`index` as an int (one component) or a tuple of ints (several)."""
+    if isinstance(index, bool):
+        raise TypeError(f"`index` must be an int, a slice or ints; got {index!r}.")
+    if isinstance(index, int):
+        return index
+    if isinstance(index, slice):
+        if index.stop is None or index.stop < 0 or (index.start or 0) < 0:
+            raise ValueError(
+                "`index` as a slice needs an explicit, non-negative stop (and "
+                f"start), e.g. `slice(0, 2)` for the first two outputs; got "
+                f"{index!r}. Or list the components: `(2, 3)`."
+            )
+        return tuple(range(*index.indices(index.stop)))
+    if isinstance(index, Sequence) and not isinstance(index, str):
+        out = tuple(index)
+        if out and all(isinstance(i, int) and not isinstance(i, bool) for i in out):
+            return out
+    raise TypeError(
+        "`index` must be an int (one output), a slice with an explicit stop, or a "
+        f"non-empty sequence of ints (several outputs); got {index!r}."
+    )
+
+
+class Component(eqx.Module):
+    """Some outputs of a vector field, as a field of their own that still shares
+    the whole field's propagation.
+
+    `Component(f, i)(x, t) = f(x, t)[i]`. Named derivatives of components of the
+    same field object (and method) fuse into one propagation of that field, as
+    derivatives of the field itself do: a Navier–Stokes residual on a network
+    returning `(u, v, p)` evaluates the network once.
+
+    ```python
+    vel, p = eqxderiv.Component(net, slice(0, 2)), eqxderiv.Component(net, 2)
+    momentum = (
+        eqxderiv.TimeDerivative(vel) + eqxderiv.Advection(vel)
+        + eqxderiv.Grad(p) - nu * eqxderiv.Laplacian(vel)
+    )
+    continuity = eqxderiv.Divergence(vel)
+    ```
+
+    Every named derivative but `GradDiv` is read off the whole field's
+    quantities: the value, time derivative, Jacobian, Laplacian and Hessian are
+    restricted to the component, and its divergence and advection are formed
+    from its rows of the Jacobian. `GradDiv` of a component is computed by a
+    propagation of its own.
+
+    **Arguments:**
+
+    - `field`: a vector field `f(x)` or `f(x, t)` with output shape `(m,)`.
+    - `index`: an int (the component is a scalar field), a slice with an explicit
+        stop, or a sequence of ints (a vector field of those outputs, in that
+        order).
+    """
+
+    field: Field
+    index: int | tuple[int, ...] = eqx.field(static=True, converter=_indices)
+
+    def __check_init__(self):
+        check_field(self.field)
+        if isinstance(self.field, AbstractOperator) and self.field.stochastic:
+            raise TypeError(
+                "`field` of a Component must not be a stochastic operator (it "
+                "would need a key); take components of its field instead."
+            )
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        """The selected outputs, as a tuple."""
+        return (self.index,) if isinstance(self.index, int) else self.index
+
+    def check_output(self, shape: tuple[int, ...]) -> None:
+        """Raises unless the whole field's output shape `shape` has these
+        components."""
+        if len(shape) != 1:
+            raise ValueError(
+                "A Component's `field` must return a vector, output shape (m,); "
+                f"got output shape {shape}."
+            )
+        bad = [i for i in self.positions if not -shape[0] <= i < shape[0]]
+        if bad:
+            raise ValueError(
+                f"Component index {self.index!r} is out of range for a field with "
+                f"{shape[0]} outputs."
+            )
+
+    def __call__(
+        self, x: Float[Array, " d"], t: Float[Array, "..."] | None = None
+    ) -> Float[Array, "..."]:
+        y = call_field(self.field, x, t)
+        self.check_output(tuple(jnp.shape(y)))
+        if isinstance(self.index, int):
+            return y[self.index]
+        return y[jnp.asarray(self.index)]

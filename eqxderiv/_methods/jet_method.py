@@ -1,0 +1,185 @@
+"""Methods built on one forward pass of directional derivatives (a jet)."""
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from .._quantity import ESTIMATED, Quantities, Quantity as Q
+from .._validation import check_count
+from .abstract import AbstractMethod
+from .autodiff import Fn, at_time, exact_jacobian, hessian, time_derivative
+
+
+# Up to this many directions, the gradient of the divergence and a Laplacian share
+# one pass (see `AbstractJetMethod.compute`).
+_SHARED_PASS_MAX_DIRECTIONS = 64
+
+
+class AbstractJetMethod(AbstractMethod):
+    """A method built on one forward pass that pushes the value, `K` first-order
+    tangents and one weighted sum of second-order terms through the field:
+
+    $$T_k = J v_k, \\qquad S = \\sum_k w_k\\, D^2 f[v_k, v_k].$$
+
+    Subclasses choose the directions $v_k$ and weights $w_k$ (`directions`) and
+    how the pass is computed (`jet`). Exact methods use $v_k = e_k$, $w_k = 1$, so
+    $T$ is the Jacobian and $S$ the Laplacian; stochastic ones use random probes.
+    A time derivative is one separate JVP along `t`.
+    The gradient of the divergence is reverse mode over this forward pass.
+    """
+
+    chunk_size: eqx.AbstractVar[int | None]
+
+    @abc.abstractmethod
+    def directions(self, d: int, dtype: Any, key: Any) -> tuple[Array, Array, bool]:
+        """Returns `(V, w, exact)`: directions `(K, d)`, weights `(K,)`, and
+        whether `V` is the identity (so that tangents give the Jacobian)."""
+
+    @abc.abstractmethod
+    def jet(
+        self,
+        fn: Fn,
+        x: Array,
+        t: Array | None,
+        tx: Array,
+        w: Array,
+        second: bool,
+        contract: Array | None,
+        tangents: bool = True,
+    ) -> tuple[Array, Array | None, Array | None, Array | None]:
+        """Returns `(value (m,), tangents (K, m) or None, second (m,) or None,
+        contraction () or None)`: the contraction is
+        `sum_k w_k <contract[k], tangents[k]>` when `contract` (`(K, m)`) is
+        given, which gives the divergence for `contract = V`. With
+        `tangents=False` the caller does not want the tangents, and a method may
+        return `None` for them."""
+
+    def _chunked_jet(self, fn, x, t, tx, w, second, contract, tangents=True):
+        k = tx.shape[0]
+        c = self.chunk_size
+        if c is None or k <= c:
+            return self.jet(fn, x, t, tx, w, second, contract, tangents)
+        # Bounded memory: propagate `c` directions at a time. Padding rows have
+        # zero tangents and zero weight, so they add nothing.
+        n = -(-k // c)
+        pad = n * c - k
+
+        def padded(a):
+            a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
+            return a.reshape((n, c) + a.shape[1:])
+
+        args = (
+            padded(tx),
+            padded(w),
+            None if contract is None else padded(contract),
+        )
+
+        def one(a):
+            cx, cw, cc = a
+            return self.jet(fn, x, t, cx, cw, second, cc, tangents)
+
+        values, T, seconds, contracted = jax.lax.map(one, args)
+        if T is not None:
+            T = T.reshape((n * c,) + T.shape[2:])[:k]
+        s = None if seconds is None else jnp.sum(seconds, axis=0)
+        con = None if contracted is None else jnp.sum(contracted, axis=0)
+        return values[0], T, s, con
+
+    def __check_init__(self):
+        # Every jet method's `chunk_size`, checked once (a bool is refused).
+        check_count(self.chunk_size, "chunk_size", optional=True)
+
+    def compute(self, field, x, t, needs, key):
+        d = x.shape[0]
+        want_dt = Q.DT in needs
+        if want_dt and t is None:
+            raise ValueError("The time derivative needs a time `t`.")
+        stochastic_q = needs & ESTIMATED
+        want_jac = Q.JACOBIAN in needs
+        V, w, exact = self.directions(d, x.dtype, key)
+        fn, reverse = field.forward, field.reverse
+        m = field.size
+        # The forward pass gives the Jacobian as a by-product for exact methods;
+        # for a Jacobian alone, reverse mode is cheaper when m < d.
+        use_dirs = bool(stochastic_q) or (exact and want_jac and d <= m)
+        second = Q.LAPLACIAN in needs
+        q: Quantities = {}
+
+        if not use_dirs:
+            if want_jac:
+                q[Q.VALUE], q[Q.JACOBIAN] = exact_jacobian(fn, x, t, reverse)
+            if want_dt:
+                q[Q.VALUE], q[Q.DT] = time_derivative(fn, x, t)  # pyright: ignore
+            if Q.VALUE not in q:
+                q[Q.VALUE] = fn(x, t)
+        else:
+            div = bool(needs & {Q.DIVERGENCE, Q.GRADDIV})
+
+            def jet_pass(x_, with_second, with_div):
+                # sum_k w_k v_k . (J v_k): the trace for V = I, w = 1. Only when
+                # asked for: it needs m = d, which a Laplacian does not.
+                contract = V if with_div else None
+                # Without a divergence or Jacobian, only the second-order term is
+                # wanted, which a method may compute from fewer directions.
+                keep = with_div or want_jac or not with_second
+                value, T, S, c = self._chunked_jet(
+                    fn, x_, t, V, w, with_second, contract, keep
+                )
+                out = {Q.VALUE: value}
+                if with_div:
+                    assert c is not None
+                    out[Q.DIVERGENCE] = c
+                if exact and T is not None:
+                    out[Q.JACOBIAN] = T.T
+                if S is not None:
+                    out[Q.LAPLACIAN] = S
+                return out
+
+            if Q.GRADDIV in needs:
+                # Reverse mode over the forward pass (never reverse-over-reverse).
+                # For small d a Laplacian rides along in the same pass as an
+                # auxiliary output, sharing the primal and first-order tangents;
+                # for larger d, reverse mode over a pass that carries the
+                # second-order chain measured slower than two passes (at d = 128,
+                # 3x; benchmarks/run.py), so the Laplacian gets its own pass.
+                shared = second and len(V) <= _SHARED_PASS_MAX_DIRECTIONS
+
+                def div_aux(x_):
+                    out = jet_pass(x_, shared, True)
+                    return out[Q.DIVERGENCE], out
+
+                if reverse:
+                    grad = jax.value_and_grad(div_aux, has_aux=True)(x)
+                    (_, q), q[Q.GRADDIV] = grad
+                else:
+                    # No reverse mode through a `while` loop: forward over the
+                    # forward pass, d passes.
+                    q = jet_pass(x, shared, True)
+                    q[Q.GRADDIV] = jax.jacfwd(
+                        lambda x_: jet_pass(x_, False, True)[Q.DIVERGENCE]
+                    )(x)
+                if second and not shared:
+                    q[Q.LAPLACIAN] = jet_pass(x, True, False)[Q.LAPLACIAN]
+            else:
+                q = jet_pass(x, second, div)
+            if want_dt:
+                # One JVP along t: cheaper than a (K+1)-th direction in the pass,
+                # whose output tangents would then all be needed.
+                _, q[Q.DT] = time_derivative(fn, x, t)  # pyright: ignore
+
+        if want_jac and Q.JACOBIAN not in q:
+            # Stochastic methods give exact Jacobians too.
+            _, q[Q.JACOBIAN] = exact_jacobian(fn, x, t, reverse)
+        if Q.ADVECTION in needs:
+            if Q.JACOBIAN in q:
+                q[Q.ADVECTION] = q[Q.JACOBIAN] @ q[Q.VALUE]
+            else:
+                # (f . grad) f is one JVP along f itself; no Jacobian is formed.
+                _, q[Q.ADVECTION] = jax.jvp(at_time(fn, t), (x,), (q[Q.VALUE],))
+        if Q.HESSIAN in needs:
+            q[Q.HESSIAN] = hessian(fn, x, t, reverse)
+        return q

@@ -1,0 +1,48 @@
+"""Brute-force nested autodiff, the reference every other method is tested
+against."""
+
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from .._quantity import Quantities, Quantity as Q
+from .abstract import AbstractMethod
+from .autodiff import at_time
+
+
+class Nested(AbstractMethod):
+    """Brute-force nested autodiff, as one writes it by hand: `jax.jacobian`
+    for first derivatives, `jax.hessian` traced for Laplacians, Jacobian of the
+    trace of the Jacobian for the gradient of the divergence. Every quantity is
+    computed separately. This is the reference the other methods are tested
+    against; it builds a `(d, d)` Hessian per output for a Laplacian. For a
+    field with a `while` loop, through which JAX has no reverse mode, every
+    `jax.jacobian` is `jax.jacfwd` instead.
+    """
+
+    stochastic: ClassVar[bool] = False
+
+    def compute(self, field, x, t, needs, key):
+        fn, reverse, m = field.fn, field.reverse, field.size
+        g = at_time(fn, t)
+        q: Quantities = {Q.VALUE: g(x)}
+        jac = jax.jacobian if reverse else jax.jacfwd
+        hess = jax.hessian if reverse else lambda h: jax.jacfwd(jax.jacfwd(h))
+        if needs & {Q.JACOBIAN, Q.DIVERGENCE, Q.ADVECTION}:
+            q[Q.JACOBIAN] = jac(g)(x)
+        if Q.DT in needs:
+            if t is None:
+                raise ValueError("The time derivative needs a time `t`.")
+            q[Q.DT] = jac(lambda s: fn(x, s))(t).reshape(m)
+        if Q.DIVERGENCE in needs:
+            q[Q.DIVERGENCE] = jnp.trace(q[Q.JACOBIAN])
+        if Q.LAPLACIAN in needs:
+            q[Q.LAPLACIAN] = jnp.trace(hess(g)(x), axis1=-2, axis2=-1)
+        if Q.GRADDIV in needs:
+            q[Q.GRADDIV] = jac(lambda a: jnp.trace(jac(g)(a)))(x)
+        if Q.ADVECTION in needs:
+            q[Q.ADVECTION] = q[Q.JACOBIAN] @ q[Q.VALUE]
+        if Q.HESSIAN in needs:
+            q[Q.HESSIAN] = hess(g)(x)
+        return q

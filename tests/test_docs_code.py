@@ -1,0 +1,26 @@
+"""The Python blocks of the documentation pages that show how to extend eqxderiv
+run as written, in order, each page in one namespace (each block asserts what it
+shows)."""
+
+import pathlib
+import re
+import warnings
+
+import pytest
+
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+PAGES = ["architecture.md"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_code_runs(page):
+    text = (DOCS / page).read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert blocks, page
+    namespace: dict = {}
+    with warnings.catch_warnings():
+        # A FallbackWarning here would mean a block's rule was not used.
+        warnings.simplefilter("error")
+        for block in blocks:
+            exec(compile(block, f"{page}", "exec"), namespace)
