@@ -1,5 +1,6 @@
 """The question's Flax model `NN` through `eqxderiv.from_flax`: the answer's exact
-numbers and shapes, every operator against brute force, and training."""
+numbers and shapes, every operator against brute force, and training. Then Flax
+NNX, whose modules are fields as they are."""
 
 import equinox as eqx
 import jax
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 from flax.training import train_state
 from helpers import (
     NN,
@@ -15,6 +17,7 @@ from helpers import (
     assert_dicts_close,
     assert_trees_close,
     batch_inputs,
+    brute,
     evaluate,
     reference,
 )
@@ -163,3 +166,114 @@ def test_from_flax_rejects_bad_input(seed):
         eqxderiv.from_flax(object(), params_net)
     with pytest.raises(TypeError, match="`params` must be the variables dict"):
         eqxderiv.from_flax(net, [params_net])
+
+
+# --------------------------------------------------------------------------------
+# Flax NNX: a module holds its parameters, so it is a field as it is.
+
+
+class NnxNN(nnx.Module):
+    """The question's `NN` written in NNX, with float64 parameters."""
+
+    def __init__(self, d: int, hid_dim: int, *, rngs: nnx.Rngs):
+        kw = dict(param_dtype=jnp.float64, rngs=rngs)
+        self.dense1 = nnx.Linear(d + 1, hid_dim, **kw)
+        self.dense2 = nnx.Linear(hid_dim, hid_dim, **kw)
+        self.dense3 = nnx.Linear(hid_dim, d, **kw)
+
+    def __call__(self, x, t):
+        out = jnp.hstack((x, t))
+        out = jnp.tanh(self.dense1(out))
+        out = jnp.tanh(self.dense2(out))
+        return self.dense3(out)
+
+
+NNX_OPS = ("Value", "Jacobian", "TimeDerivative", "GradDiv", "Laplacian")
+
+
+def test_nnx_module_operators_match_brute_force_under_nnx_jit(getkey):
+    model = NnxNN(3, 16, rngs=nnx.Rngs(0))
+    x, t = batch_inputs(getkey(), (5,), 3, "column")
+
+    @nnx.jit
+    def both(model, x, t):
+        ours = {name: getattr(eqxderiv, name)(model)(x, t) for name in NNX_OPS}
+        # Nested jax.jacfwd / jax.hessian of a plain function calling the model.
+        plain = lambda y, s: model(y, s)
+        return ours, {name: brute(name, plain, x, t) for name in NNX_OPS}
+
+    ours, ref = both(model, x, t)
+    assert ours["Jacobian"].shape == (5, 3, 3)
+    assert ours["TimeDerivative"].shape == (5, 3)
+    assert ours["GradDiv"].shape == (5, 3)
+    assert ours["Laplacian"].shape == (5, 3)
+    assert_dicts_close(ours, ref)
+
+
+def _score_loss(f, df_dt, df_dx, grad_div, initial, x):
+    # The L2 loss of examples/seed_nnx.py: the score Fokker-Planck residual and the
+    # initial condition f(x, 0) = -x.
+    residual = df_dt - grad_div - 2 * jnp.einsum("bij,bi->bj", df_dx, f)
+    return jnp.mean(jnp.sum(residual**2, -1)) + jnp.mean(
+        jnp.sum((initial + x) ** 2, -1)
+    )
+
+
+def nnx_loss(model, x, t):
+    return _score_loss(
+        eqxderiv.Value(model)(x, t),
+        eqxderiv.TimeDerivative(model)(x, t),
+        eqxderiv.Jacobian(model)(x, t),
+        eqxderiv.GradDiv(model)(x, t),
+        eqxderiv.Value(model)(x, jnp.zeros_like(t)),
+        x,
+    )
+
+
+def nnx_brute_loss(model, x, t):
+    plain = lambda y, s: model(y, s)
+    return _score_loss(
+        brute("Value", plain, x, t),
+        brute("TimeDerivative", plain, x, t),
+        brute("Jacobian", plain, x, t),
+        brute("GradDiv", plain, x, t),
+        brute("Value", plain, x, jnp.zeros_like(t)),
+        x,
+    )
+
+
+def test_nnx_parameter_gradient_matches_nested_autodiff(getkey):
+    model = NnxNN(3, 16, rngs=nnx.Rngs(1))
+    x, t = batch_inputs(getkey(), (6,), 3, "column")
+
+    @nnx.jit
+    def both(model, x, t):
+        return (
+            nnx.value_and_grad(nnx_loss)(model, x, t),
+            nnx.value_and_grad(nnx_brute_loss)(model, x, t),
+        )
+
+    (loss, grads), (brute_loss, brute_grads) = both(model, x, t)
+    assert_close(loss, brute_loss)
+    # The gradient is the usual NNX state of the model's parameters.
+    assert isinstance(grads, nnx.State)
+    params = nnx.state(model, nnx.Param)
+    assert jax.tree.structure(grads) == jax.tree.structure(params)
+    assert_trees_close(grads, brute_grads)
+
+
+def test_nnx_optimizer_step_decreases_the_loss(getkey):
+    model = NnxNN(3, 16, rngs=nnx.Rngs(2))
+    x, t = batch_inputs(getkey(), (6,), 3, "column")
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, x, t):
+        loss, grads = nnx.value_and_grad(nnx_loss)(model, x, t)
+        optimizer.update(model, grads)
+        return loss
+
+    before = train_step(model, optimizer, x, t)
+    after = nnx.jit(nnx_loss)(model, x, t)
+    assert int(optimizer.step[...]) == 1
+    assert float(after) < float(before)
