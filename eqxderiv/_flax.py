@@ -1,8 +1,25 @@
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import equinox as eqx
 from jaxtyping import Array, Float, PyTree
+
+
+# Nothing here imports Flax: eqxderiv never does, so that it works (and imports
+# quickly) without it. A Flax object can only exist once Flax has been imported by
+# the user, so looking its classes up in `sys.modules` is enough to recognise one.
+
+
+def _flax_class(module: str, name: str) -> type | None:
+    """`module.name` if `module` (e.g. "flax.nnx") has been imported, else None."""
+    cls = getattr(sys.modules.get(module), name, None)
+    return cls if isinstance(cls, type) else None
+
+
+def _is_nnx_module(obj: object) -> bool:
+    cls = _flax_class("flax.nnx", "Module")
+    return cls is not None and isinstance(obj, cls)
 
 
 class FlaxField(eqx.Module):
@@ -40,6 +57,11 @@ def from_flax(module: Any, params: PyTree[Array]) -> FlaxField:
     `from_flax(net, state.params)` in a function of `params`: its gradient is the
     usual Flax parameter tree.
 
+    A Flax NNX model (`flax.nnx.Module`) holds its own parameters and is already a
+    field: pass it to the operators directly, `eqxderiv.Jacobian(model)(x, t)`,
+    and differentiate a loss of them with `nnx.value_and_grad`. `from_flax`
+    rejects one with a `TypeError` that says so.
+
     **Arguments:**
 
     - `module`: a `flax.linen.Module` (anything with `.apply(variables, *args)`).
@@ -47,7 +69,19 @@ def from_flax(module: Any, params: PyTree[Array]) -> FlaxField:
         `"params"` collection) or just the parameter tree.
 
     **Returns:** a `FlaxField`, an `eqx.Module` with `variables` as leaves.
+
+    **Raises:** `TypeError` if `module` is an NNX module or has no `.apply`, or if
+    `params` is not a dict.
     """
+    if _is_nnx_module(module):
+        raise TypeError(
+            "`module` must be a Flax linen Module (with an `.apply` method); got the "
+            f"Flax NNX Module {type(module).__name__}. An nnx.Module holds its own "
+            "parameters and is already an eqxderiv field: pass it to the operators "
+            "directly, without from_flax or `params`, e.g. "
+            "`eqxderiv.Jacobian(model)(x, t)`, and differentiate a loss of them "
+            "with `nnx.value_and_grad(loss)(model)`."
+        )
     if not callable(getattr(module, "apply", None)):
         raise TypeError(
             "`module` must be a Flax linen Module (with an `.apply` method); got "

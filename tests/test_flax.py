@@ -1,6 +1,7 @@
 """The question's Flax model `NN` through `eqxderiv.from_flax`: the answer's exact
 numbers and shapes, every operator against brute force, and training. Then Flax
-NNX, whose modules are fields as they are."""
+NNX, whose modules are fields as they are, and the errors that point a linen or an
+NNX module to the right way in."""
 
 import equinox as eqx
 import jax
@@ -277,3 +278,15 @@ def test_nnx_optimizer_step_decreases_the_loss(getkey):
     after = nnx.jit(nnx_loss)(model, x, t)
     assert int(optimizer.step[...]) == 1
     assert float(after) < float(before)
+
+
+def test_from_flax_points_nnx_modules_to_direct_use():
+    model = NnxNN(3, 4, rngs=nnx.Rngs(0))
+    match = (
+        r"`module` must be a Flax linen Module .*; got the Flax NNX Module NnxNN\."
+        r".*pass it to the operators directly.*eqxderiv\.Jacobian\(model\)\(x, t\)"
+    )
+    with pytest.raises(TypeError, match=match):
+        eqxderiv.from_flax(model, nnx.state(model))
+    with pytest.raises(TypeError, match=match):
+        eqxderiv.from_flax(model, nnx.state(model, nnx.Param))
