@@ -22,6 +22,64 @@ def _is_nnx_module(obj: object) -> bool:
     return cls is not None and isinstance(obj, cls)
 
 
+def _is_linen_module(obj: object) -> bool:
+    cls = _flax_class("flax.linen", "Module")
+    return cls is not None and isinstance(obj, cls)
+
+
+# What Flax raises when an unbound linen module (one not inside `init`/`apply`) is
+# called: `CallCompactUnboundModuleError` for an `@nn.compact` `__call__`, and for
+# a module defined with `setup()` an `AttributeError` on the first submodule used
+# (Flax only runs `setup` in a bound module).
+_UNBOUND_ERRORS = (
+    "CallCompactUnboundModuleError",
+    "CallSetupUnboundModuleError",
+    "CallShareScopeOnUnboundModuleError",
+    "CallUnbindOnUnboundModuleError",
+)
+
+
+def _is_unbound_error(error: BaseException) -> bool:
+    if isinstance(error, AttributeError):
+        return True
+    classes = tuple(
+        cls
+        for cls in (_flax_class("flax.errors", name) for name in _UNBOUND_ERRORS)
+        if cls is not None
+    )
+    return bool(classes) and isinstance(error, classes)
+
+
+def explain_unbound_flax(field: object, error: Exception) -> Exception | None:
+    """The error to raise instead of `error` when `error` came from calling `field`
+    and `field` is an unbound Flax linen Module: one passed to an operator without
+    `eqxderiv.from_flax`, so called without its variables.
+
+    Returns a `TypeError` naming the module's class and showing the `from_flax`
+    call (the caller raises it, `from error`), or None when the error is something
+    else: `field` is not a linen Module, or is one bound to its variables
+    (`module.bind(variables)`), or `error` is not Flax's unbound-module error
+    (`flax.errors.CallCompactUnboundModuleError` and its siblings, or the
+    `AttributeError` that a module with a `setup()` raises unbound).
+
+    It never imports Flax: when Flax has not been imported, `field` cannot be a
+    Flax module and the answer is None.
+    """
+    if not _is_linen_module(field) or getattr(field, "scope", None) is not None:
+        return None
+    if not _is_unbound_error(error):
+        return None
+    name = type(field).__name__
+    return TypeError(
+        f"`field` is a Flax linen Module ({name}), which is called through "
+        "`module.apply(variables, ...)`, not as `field(x, t)`; wrap it with "
+        "`eqxderiv.from_flax(module, params)`, e.g. "
+        f"`eqxderiv.Laplacian(eqxderiv.from_flax(net, params))(x, t)` for "
+        f"`net = {name}(...)` and `params = net.init(key, x[:1], t[:1])`. "
+        f"(Flax raised {type(error).__name__}: {error})"
+    )
+
+
 class FlaxField(eqx.Module):
     """A Flax linen model and its variables, as a field whose parameters are
     pytree leaves. Build it with `eqxderiv.from_flax`.
