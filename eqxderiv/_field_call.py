@@ -8,6 +8,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ._flax import explain_unbound_flax
+
 
 def call_field(field: Callable[..., Any], x: Any, t: Any, key: Any = None) -> Any:
     """Calls a field on one sample, with `t` only when one is given.
@@ -117,7 +119,12 @@ def field_output(
             out = jax.eval_shape(
                 lambda x_, t_, k_: call_field(field, x_, t_, k_), x, t, key
             )
-    except (TypeError, ValueError, IndexError) as e:
+    except Exception as e:
+        flax_hint = explain_unbound_flax(field, e)
+        if flax_hint is not None:
+            raise flax_hint from e
+        if not isinstance(e, (TypeError, ValueError, IndexError)):
+            raise
         explained = _explain(e, field, x, t, name, is_operator)
         if explained is None:
             raise

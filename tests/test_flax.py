@@ -379,7 +379,6 @@ def test_explain_unbound_flax_never_imports_flax():
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.xfail(strict=True, reason="wired up in the field-calling code")
 def test_linen_module_without_from_flax_errors():
     net = NN(hid_dim=4, output_dim=3)
     x, t = jnp.ones((2, 3)), jnp.ones((2, 1))
