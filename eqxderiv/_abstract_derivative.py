@@ -67,6 +67,8 @@ class AbstractDerivative(AbstractOperator):
     method: AbstractMethod = eqx.field(default="auto", converter=as_method, static=True)
 
     needs: ClassVar[frozenset[Quantity]]
+    # Whether the operator applies to scalar fields (output shape `()`) only.
+    scalar_only: ClassVar[bool] = False
 
     @classmethod
     @abc.abstractmethod
@@ -124,6 +126,8 @@ def result_struct(
         )
     if kind.needs & _SQUARE:
         require_square(name, out.shape, d)
+    if getattr(kind, "scalar_only", False):
+        require_scalar(name, out.shape)
     m = math.prod(out.shape)
     q = {n: jax.ShapeDtypeStruct(_SHAPES[n](m, d), out.dtype) for n in kind.needs}
     return jax.eval_shape(lambda q_: kind.assemble(q_, out.shape, d), q)

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -126,9 +127,27 @@ def evaluate_batched(
     """A call of an operator (or of `eqxderiv.derivatives`) named `name`: checks
     the arguments, validates the wrapped fields once on the per-sample structs
     (`out_structure`, which raises for an unsuitable field) and maps the
-    per-sample `evaluate(x, t, key)` over the batch."""
+    per-sample `evaluate(x, t, key)` over the batch.
+
+    The work is compiled (`eqx.filter_jit`) and cached for the operator's
+    structure, the batch's shapes and `chunk_size`, so that a call outside any
+    `jit` compiles once and reuses it; under the user's own `jit` it is traced
+    inline, as any nested `jit` is."""
     x, t, batch = check_inputs(x, t)
     check_call_key(key, stochastic, name)
     chunk_size = check_chunk_size(chunk_size)
+    return _compiled(out_structure, evaluate, x, t, key, chunk_size)
+
+
+@eqx.filter_jit
+def _compiled(
+    out_structure: Callable[[Any, Any], Any],
+    evaluate: Callable[[Any, Any, Any], Any],
+    x: Any,
+    t: Any,
+    key: Any,
+    chunk_size: int | None,
+) -> Any:
+    batch = tuple(x.shape[:-1])
     out_structure(sample_struct(x, batch), sample_struct(t, batch))
     return map_batch(evaluate, x, t, key, batch, chunk_size)

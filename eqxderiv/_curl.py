@@ -14,6 +14,10 @@ class Curl(AbstractDerivative):
     \\partial_3 f_1 - \\partial_1 f_3,\\; \\partial_1 f_2 - \\partial_2 f_1)
     \\quad (d = 3), \\qquad \\partial_1 f_2 - \\partial_2 f_1 \\quad (d = 2).$$
 
+    ```python
+    omega = eqxderiv.Curl(velocity)(x)  # x: (b, 2) -> (b,), the vorticity
+    ```
+
     **Arguments:**
 
     - `field`: a vector field with output shape `(d,)`, `d` in `{2, 3}`.

@@ -1,6 +1,6 @@
 from typing import ClassVar
 
-from ._abstract_derivative import AbstractDerivative, require_scalar
+from ._abstract_derivative import AbstractDerivative
 from ._quantity import Quantity
 
 
@@ -11,6 +11,10 @@ class Hessian(AbstractDerivative):
     This is the one operator that builds a `(d, d)` array per sample; use
     `Laplacian` when only its trace is needed.
 
+    ```python
+    H = eqxderiv.Hessian(lambda x: x[0] ** 2 * x[1])(x)  # x: (b, 2) -> (b, 2, 2)
+    ```
+
     **Arguments:**
 
     - `field`: a scalar field `u(x)` or `u(x, t)` (output shape `()`).
@@ -20,8 +24,8 @@ class Hessian(AbstractDerivative):
     """
 
     needs: ClassVar[frozenset[Quantity]] = frozenset({Quantity.HESSIAN})
+    scalar_only: ClassVar[bool] = True
 
     @classmethod
     def assemble(cls, q, out, d):
-        require_scalar("Hessian", out)
         return q[Quantity.HESSIAN].reshape((d, d))

@@ -83,13 +83,6 @@ def two_moons(rng, n, noise=0.08):
     return jnp.asarray((z - np.array([0.5, 0.25])) / np.array([0.87, 0.5]), jnp.float32)
 
 
-def times(z, t):
-    """The time `t` once per point of `z`. diffrax passes the vector field one
-    scalar `t`; eqxderiv operators currently take one time per point, so it is
-    broadcast here (drop this if eqxderiv learns to broadcast a scalar time)."""
-    return jnp.full(z.shape[:-1], t, z.dtype)
-
-
 def augmented_dynamics(method):
     r"""The vector field of the augmented ODE $(\dot z, \dot\delta) = (v,
     -\nabla\cdot v)$, in diffrax's `(t, y, args)` form with `args = (v, key)`."""
@@ -101,7 +94,12 @@ def augmented_dynamics(method):
         # evaluation of the solve, so each point keeps its probes along its
         # trajectory (FFJORD); it is ignored by the exact method.
         vel, div = ed.derivatives(
-            v, z, times(z, t), (ed.Value, ed.Divergence), method=method, key=key
+            v,
+            z,
+            jnp.asarray(t, z.dtype),
+            (ed.Value, ed.Divergence),
+            method=method,
+            key=key,
         )
         return vel, -div
 
@@ -147,7 +145,7 @@ def sample(v, z0, solver):
     r"""Pushes base samples through the flow, $t = 0 \to 1$."""
 
     def dynamics(t, z, v):
-        return ed.Value(v)(z, times(z, t))
+        return ed.Value(v)(z, jnp.asarray(t, z.dtype))
 
     return solver.solve(dynamics, z0, 0.0, 1.0, v)[0]
 

@@ -170,13 +170,6 @@ def exact_check(ou, rng, t_min, t_max):
     return r_ops, r_ders, r_bad
 
 
-def times(x, t):
-    """The time `t` once per point of `x`. diffrax passes the vector field one
-    scalar `t`; eqxderiv operators currently take one time per point, so it is
-    broadcast here (drop this if eqxderiv learns to broadcast a scalar time)."""
-    return jnp.full(x.shape[:-1], t, x.dtype)
-
-
 def reverse_sde(score, ou, x_T, keys, t_min, T, steps):
     r"""Samples at `t_min` by the reverse-time SDE from samples `x_T` of $p_T$.
 
@@ -192,7 +185,7 @@ def reverse_sde(score, ou, x_T, keys, t_min, T, steps):
     dt = tau1 / steps
 
     def drift(tau, x, args):
-        return 0.5 * ou.beta * x + ou.beta * score(x, times(x, T - tau))
+        return 0.5 * ou.beta * x + ou.beta * score(x, jnp.asarray(T - tau, x.dtype))
 
     def diffusion(tau, x, args):
         return jnp.sqrt(ou.beta) * jnp.eye(d)  # (state, Brownian) = (d, d)
@@ -217,7 +210,7 @@ def probability_flow(score, ou, x_T, t_min, T, tol):
     the adaptive `Tsit5`; one solve for the whole batch."""
 
     def field(t, x, args):
-        return -0.5 * ou.beta * (x + score(x, times(x, t)))
+        return -0.5 * ou.beta * (x + score(x, jnp.asarray(t, x.dtype)))
 
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),

@@ -38,6 +38,10 @@ class Forward(AbstractJetMethod):
     collapsed pass; this method is kept as a dependable, primitive-agnostic
     alternative.
 
+    ```python
+    eqxderiv.Laplacian(u, method=eqxderiv.Forward(chunk_size=32))(x, t)
+    ```
+
     **Arguments:**
 
     - `chunk_size`: propagate at most this many input directions at a time

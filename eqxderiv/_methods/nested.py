@@ -19,6 +19,10 @@ class Nested(AbstractMethod):
     against; it builds a `(d, d)` Hessian per output for a Laplacian. For a
     field with a `while` loop, through which JAX has no reverse mode, every
     `jax.jacobian` is `jax.jacfwd` instead.
+
+    ```python
+    eqxderiv.GradDiv(net, method="nested")(x, t)  # or method=eqxderiv.Nested()
+    ```
     """
 
     stochastic: ClassVar[bool] = False

@@ -98,6 +98,11 @@ class SparseSampling(AbstractStochasticMethod):
     $a_i$ are the diagonal entries, so it is exact when they are all equal and
     the estimate's variance is that divided by $K$. Cost linear in $K$.
 
+    ```python
+    method = eqxderiv.SparseSampling(num_samples=64)
+    eqxderiv.Laplacian(u, method=method)(x, t, key=jax.random.key(0))
+    ```
+
     **Arguments:**
 
     - `num_samples`: the number of sampled dimensions $K$.
