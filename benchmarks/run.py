@@ -571,7 +571,11 @@ def main(argv=None):
         f"contender, {args.stochastic_repeats} at the stochastic sizes); memory "
         "is the compiled program's arguments + outputs + temporaries (for "
         "separate calls, the largest of their programs). In each group the last "
-        "row is the anchor of the ratios. "
+        "row is the anchor of the ratios. The seed recipes are what the original "
+        "question wrote by hand, one `jax.vmap` of `jax.jacobian` per quantity "
+        "(of `x` for df/dx, of `t` for df/dt, of the trace of the Jacobian for "
+        "the gradient of the divergence), and `trace(jax.hessian)` for the "
+        "Laplacian; a residual's seed recipe is the sum of its terms' recipes. "
         f"† marks a heavy contender (warm-up over {HEAVY_S} s or program over "
         f"{HEAVY_MB:.0f} MiB), timed on its own after the interleaved ones."
     )

@@ -1,6 +1,5 @@
-"""The Python blocks of the documentation pages that show how to extend eqxderiv
-run as written, in order, each page in one namespace (each block asserts what it
-shows)."""
+"""The Python blocks of the guide pages run as written, in order, each page in
+one namespace (the blocks assert what they show)."""
 
 import pathlib
 import re
@@ -10,7 +9,7 @@ import pytest
 
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-PAGES = ["architecture.md"]
+PAGES = ["architecture.md", "getting-started.md", "operators.md", "composing.md"]
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -91,3 +91,20 @@ def test_no_retracing_on_a_second_call(getkey):
     second = f(op, x + 1.0, t)
     assert first.shape == second.shape == (5, 3)
     assert not jnp.allclose(first, second)
+
+
+def test_an_eager_call_compiles_once_per_shape(getkey):
+    # Outside any `jit`, an operator compiles its batched work once for the
+    # operator's structure and the input shapes, and reuses it.
+    x, t = batch_inputs(getkey(), (5,), 3, "flat")
+    calls = [0]
+    u = Counted(JnpMLP(3, 3, 8, time=True, key=getkey()), calls)
+    op = eqxderiv.Laplacian(u) - eqxderiv.TimeDerivative(u)
+    first = op(x, t)
+    traced = calls[0]
+    assert traced <= 2
+    second = op(x + 1.0, t)
+    assert calls[0] == traced  # no new trace for new values
+    assert not jnp.allclose(first, second)
+    op(jnp.concatenate([x, x]), jnp.concatenate([t, t]))
+    assert calls[0] == 2 * traced  # a new batch size compiles anew
