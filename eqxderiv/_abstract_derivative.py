@@ -11,12 +11,12 @@ union of the quantities once and shares one propagation.
 import abc
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array
+from jaxtyping import Array, PRNGKeyArray
 
 from ._component import Component
 from ._custom_types import Field
@@ -78,23 +78,27 @@ class AbstractDerivative(AbstractOperator):
         `out` on `d` inputs. Raises a `ValueError` for a field the operator does
         not apply to (it is also called on shapes alone, to validate)."""
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         check_field(self.field)
 
     @property
     def stochastic(self) -> bool:
         return _fused(self).stochastic
 
-    def out_structure(self, x, t):
+    def out_structure(
+        self,
+        x: jax.ShapeDtypeStruct,
+        t: Optional[jax.ShapeDtypeStruct],  # noqa: UP045
+    ) -> jax.ShapeDtypeStruct:
         return _fused(self).out_structure(x, t)
 
-    def evaluate(self, x, t, key):
+    def evaluate(self, x: Array, t: Array | None, key: PRNGKeyArray | None) -> Array:
         return _fused(self).evaluate(x, t, key)
 
-    def _merged(self, other):
+    def _merged(self, other: AbstractOperator) -> AbstractOperator | None:
         return _fused(self)._merged(other)
 
-    def _scaled(self, c):
+    def _scaled(self, c: Any) -> AbstractOperator:
         return _fused(self)._scaled(c)
 
 

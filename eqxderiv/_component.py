@@ -72,7 +72,7 @@ class Component(eqx.Module):
     field: Field
     index: int | tuple[int, ...] = eqx.field(static=True, converter=_indices)
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         check_field(self.field)
         if isinstance(self.field, AbstractOperator) and self.field.stochastic:
             raise TypeError(

@@ -1,9 +1,10 @@
 from typing import ClassVar
 
 import jax.numpy as jnp
+from jaxtyping import Array
 
 from ._abstract_derivative import AbstractDerivative, require_square
-from ._quantity import Quantity
+from ._quantity import Quantities, Quantity
 
 
 class Curl(AbstractDerivative):
@@ -30,7 +31,7 @@ class Curl(AbstractDerivative):
     needs: ClassVar[frozenset[Quantity]] = frozenset({Quantity.JACOBIAN})
 
     @classmethod
-    def assemble(cls, q, out, d):
+    def assemble(cls, q: Quantities, out: tuple[int, ...], d: int) -> Array:
         if d not in (2, 3):
             raise ValueError(
                 f"Curl is defined for d = 2 (scalar vorticity) or d = 3; got `x` "

@@ -3,7 +3,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import equinox as eqx
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, Float
 
 
 # Nothing here imports Flax: eqxderiv never does, so that it works (and imports
@@ -86,7 +86,8 @@ class FlaxField(eqx.Module):
     """
 
     module: Any = eqx.field(static=True)
-    variables: PyTree[Array]
+    # The Flax variables: nested dicts of arrays (pytree leaves).
+    variables: dict[str, Any]
 
     def __call__(
         self,
@@ -98,7 +99,7 @@ class FlaxField(eqx.Module):
         return self.module.apply(self.variables, x, t)
 
 
-def from_flax(module: Any, params: PyTree[Array]) -> FlaxField:
+def from_flax(module: Any, params: Any) -> FlaxField:
     """Wraps a Flax linen model as an eqxderiv field.
 
     ```python

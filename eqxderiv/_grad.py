@@ -1,7 +1,9 @@
 from typing import ClassVar
 
+from jaxtyping import Array
+
 from ._abstract_derivative import AbstractDerivative
-from ._quantity import Quantity
+from ._quantity import Quantities, Quantity
 
 
 class Grad(AbstractDerivative):
@@ -27,5 +29,5 @@ class Grad(AbstractDerivative):
     scalar_only: ClassVar[bool] = True
 
     @classmethod
-    def assemble(cls, q, out, d):
+    def assemble(cls, q: Quantities, out: tuple[int, ...], d: int) -> Array:
         return q[Quantity.JACOBIAN].reshape((d,))

@@ -1,7 +1,9 @@
 from typing import ClassVar
 
+from jaxtyping import Array
+
 from ._abstract_derivative import AbstractDerivative
-from ._quantity import Quantity
+from ._quantity import Quantities, Quantity
 
 
 class GradDiv(AbstractDerivative):
@@ -28,5 +30,5 @@ class GradDiv(AbstractDerivative):
     needs: ClassVar[frozenset[Quantity]] = frozenset({Quantity.GRADDIV})
 
     @classmethod
-    def assemble(cls, q, out, d):
+    def assemble(cls, q: Quantities, out: tuple[int, ...], d: int) -> Array:
         return q[Quantity.GRADDIV]

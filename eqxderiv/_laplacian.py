@@ -1,7 +1,9 @@
 from typing import ClassVar
 
+from jaxtyping import Array
+
 from ._abstract_derivative import AbstractDerivative
-from ._quantity import Quantity
+from ._quantity import Quantities, Quantity
 
 
 class Laplacian(AbstractDerivative):
@@ -27,5 +29,5 @@ class Laplacian(AbstractDerivative):
     needs: ClassVar[frozenset[Quantity]] = frozenset({Quantity.LAPLACIAN})
 
     @classmethod
-    def assemble(cls, q, out, d):
+    def assemble(cls, q: Quantities, out: tuple[int, ...], d: int) -> Array:
         return q[Quantity.LAPLACIAN].reshape(out)

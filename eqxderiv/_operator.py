@@ -8,7 +8,7 @@ Arithmetic between operators builds small final wrappers, in the lineax manner.
 
 import abc
 import numbers
-from typing import Any, final
+from typing import Any, Optional, final
 
 import equinox as eqx
 import jax
@@ -40,7 +40,9 @@ class AbstractOperator(eqx.Module):
 
     @abc.abstractmethod
     def out_structure(
-        self, x: jax.ShapeDtypeStruct, t: jax.ShapeDtypeStruct | None
+        self,
+        x: jax.ShapeDtypeStruct,
+        t: Optional[jax.ShapeDtypeStruct],  # noqa: UP045
     ) -> jax.ShapeDtypeStruct:
         """Validates the wrapped fields for one sample, without computing anything.
 

@@ -1,13 +1,15 @@
 """Nested forward mode: one JVP (or JVP-of-JVP) per input direction."""
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array
 
 from .._validation import as_int
-from .jet_method import AbstractJetMethod
+from .autodiff import Fn
+from .jet_method import AbstractJetMethod, JetResult
 
 
 def _forward_jet(fn, x, t, tx, w, second, contract):
@@ -51,8 +53,18 @@ class Forward(AbstractJetMethod):
     chunk_size: int | None = eqx.field(default=None, static=True, converter=as_int)
     stochastic: ClassVar[bool] = False
 
-    def directions(self, d, dtype, key):
+    def directions(self, d: int, dtype: Any, key: Any) -> tuple[Array, Array, bool]:
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
 
-    def jet(self, fn, x, t, tx, w, second, contract, tangents=True):
+    def jet(
+        self,
+        fn: Fn,
+        x: Array,
+        t: Array | None,
+        tx: Array,
+        w: Array,
+        second: bool,
+        contract: Array | None,
+        tangents: bool = True,
+    ) -> JetResult:
         return _forward_jet(fn, x, t, tx, w, second, contract)

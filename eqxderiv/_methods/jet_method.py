@@ -1,7 +1,7 @@
 """Methods built on one forward pass of directional derivatives (a jet)."""
 
 import abc
-from typing import Any
+from typing import Any, TypeAlias
 
 import equinox as eqx
 import jax
@@ -10,8 +10,13 @@ from jaxtyping import Array
 
 from .._quantity import ESTIMATED, Quantities, Quantity as Q
 from .._validation import check_count
-from .abstract import AbstractMethod
+from .abstract import AbstractMethod, FieldProgram
 from .autodiff import Fn, at_time, exact_jacobian, hessian, time_derivative
+
+
+# What a jet pass returns: the value `(m,)`, the tangents `(K, m)` or `None`, the
+# second-order term `(m,)` or `None` and the contraction `()` or `None`.
+JetResult: TypeAlias = tuple[Array, Array | None, Array | None, Array | None]
 
 
 # Up to this many directions, the gradient of the divergence and a Laplacian share
@@ -50,7 +55,7 @@ class AbstractJetMethod(AbstractMethod):
         second: bool,
         contract: Array | None,
         tangents: bool = True,
-    ) -> tuple[Array, Array | None, Array | None, Array | None]:
+    ) -> JetResult:
         """Returns `(value (m,), tangents (K, m) or None, second (m,) or None,
         contraction () or None)`: the contraction is
         `sum_k w_k <contract[k], tangents[k]>` when `contract` (`(K, m)`) is
@@ -58,7 +63,17 @@ class AbstractJetMethod(AbstractMethod):
         `tangents=False` the caller does not want the tangents, and a method may
         return `None` for them."""
 
-    def _chunked_jet(self, fn, x, t, tx, w, second, contract, tangents=True):
+    def _chunked_jet(
+        self,
+        fn: Fn,
+        x: Array,
+        t: Array | None,
+        tx: Array,
+        w: Array,
+        second: bool,
+        contract: Array | None,
+        tangents: bool = True,
+    ) -> JetResult:
         k = tx.shape[0]
         c = self.chunk_size
         if c is None or k <= c:
@@ -89,11 +104,18 @@ class AbstractJetMethod(AbstractMethod):
         con = None if contracted is None else jnp.sum(contracted, axis=0)
         return values[0], T, s, con
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         # Every jet method's `chunk_size`, checked once (a bool is refused).
         check_count(self.chunk_size, "chunk_size", optional=True)
 
-    def compute(self, field, x, t, needs, key):
+    def compute(
+        self,
+        field: FieldProgram,
+        x: Array,
+        t: Array | None,
+        needs: frozenset[Q],
+        key: Any,
+    ) -> Quantities:
         d = x.shape[0]
         want_dt = Q.DT in needs
         if want_dt and t is None:

@@ -1,13 +1,14 @@
 """Brute-force nested autodiff, the reference every other method is tested
 against."""
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array
 
 from .._quantity import Quantities, Quantity as Q
-from .abstract import AbstractMethod
+from .abstract import AbstractMethod, FieldProgram
 from .autodiff import at_time
 
 
@@ -27,7 +28,14 @@ class Nested(AbstractMethod):
 
     stochastic: ClassVar[bool] = False
 
-    def compute(self, field, x, t, needs, key):
+    def compute(
+        self,
+        field: FieldProgram,
+        x: Array,
+        t: Array | None,
+        needs: frozenset[Q],
+        key: Any,
+    ) -> Quantities:
         fn, reverse, m = field.fn, field.reverse, field.size
         g = at_time(fn, t)
         q: Quantities = {Q.VALUE: g(x)}

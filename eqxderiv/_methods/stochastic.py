@@ -1,14 +1,16 @@
 """Unbiased stochastic estimators of traces: Hutchinson probes and sparse
 sampling of input dimensions."""
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array
 
 from .._validation import as_int, check_count
-from .jet_method import AbstractJetMethod
+from .autodiff import Fn
+from .jet_method import AbstractJetMethod, JetResult
 from .taylor import taylor_jet
 
 
@@ -29,7 +31,17 @@ def _rademacher(key, shape, dtype):
 class AbstractStochasticMethod(AbstractJetMethod):
     """A jet method whose directions are random, drawn per sample."""
 
-    def jet(self, fn, x, t, tx, w, second, contract, tangents=True):
+    def jet(
+        self,
+        fn: Fn,
+        x: Array,
+        t: Array | None,
+        tx: Array,
+        w: Array,
+        second: bool,
+        contract: Array | None,
+        tangents: bool = True,
+    ) -> JetResult:
         # Per-sample probes: compressing them would cost a factorisation per
         # sample, so the tangents are always propagated as they are.
         return taylor_jet(fn, x, t, tx, w, second, contract)
@@ -71,14 +83,14 @@ class Hutchinson(AbstractStochasticMethod):
     chunk_size: int | None = eqx.field(default=None, static=True, converter=as_int)
     stochastic: ClassVar[bool] = True
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         check_count(self.num_probes, "num_probes")
         if self.probe not in ("rademacher", "gaussian"):
             raise ValueError(
                 f"`probe` must be 'rademacher' or 'gaussian'; got {self.probe!r}."
             )
 
-    def directions(self, d, dtype, key):
+    def directions(self, d: int, dtype: Any, key: Any) -> tuple[Array, Array, bool]:
         shape = (self.num_probes, d)
         if self.probe == "rademacher":
             V = _rademacher(key, shape, dtype)
@@ -113,10 +125,10 @@ class SparseSampling(AbstractStochasticMethod):
     chunk_size: int | None = eqx.field(default=None, static=True, converter=as_int)
     stochastic: ClassVar[bool] = True
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         check_count(self.num_samples, "num_samples")
 
-    def directions(self, d, dtype, key):
+    def directions(self, d: int, dtype: Any, key: Any) -> tuple[Array, Array, bool]:
         idx = jax.random.randint(key, (self.num_samples,), 0, d)
         V = jax.nn.one_hot(idx, d, dtype=dtype)
         return V, jnp.full((self.num_samples,), d / self.num_samples, dtype), False

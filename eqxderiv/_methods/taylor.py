@@ -1,13 +1,15 @@
 """The default exact method: collapsed Taylor-mode propagation."""
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
+from jaxtyping import Array
 
 from .._engine import collapsed_jet, collapsed_jet_contracted, compressed_second
 from .._validation import as_int
-from .jet_method import AbstractJetMethod
+from .autodiff import Fn
+from .jet_method import AbstractJetMethod, JetResult
 
 
 def taylor_jet(fn, x, t, tx, w, second, contract, compress=False, identity=False):
@@ -61,14 +63,24 @@ class Taylor(AbstractJetMethod):
     compress: bool = eqx.field(default=True, static=True)
     stochastic: ClassVar[bool] = False
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         if not isinstance(self.compress, bool):
             raise ValueError(f"`compress` must be a bool; got {self.compress!r}.")
 
-    def directions(self, d, dtype, key):
+    def directions(self, d: int, dtype: Any, key: Any) -> tuple[Array, Array, bool]:
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
 
-    def jet(self, fn, x, t, tx, w, second, contract, tangents=True):
+    def jet(
+        self,
+        fn: Fn,
+        x: Array,
+        t: Array | None,
+        tx: Array,
+        w: Array,
+        second: bool,
+        contract: Array | None,
+        tangents: bool = True,
+    ) -> JetResult:
         # The coordinate directions are the same for every sample, so a first
         # layer narrower than the input compresses them once per batch.
         compress = self.compress and second and not tangents and contract is None
