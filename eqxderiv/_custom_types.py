@@ -13,8 +13,11 @@ Field: TypeAlias = Callable[..., Any]
 
 # Points in space: a batch of `d`-dimensional points (or a single one).
 SpaceLike: TypeAlias = Float[ArrayLike, "*batch d"]
-# Times: one per point, either without or with a trailing axis of size one.
-TimeLike: TypeAlias = Float[ArrayLike, "*batch"] | Float[ArrayLike, "*batch 1"]
+# Times: one per point, either without or with a trailing axis of size one, or a
+# single time for every point.
+TimeLike: TypeAlias = (
+    Float[ArrayLike, "*batch"] | Float[ArrayLike, "*batch 1"] | Float[ArrayLike, ""]
+)
 
 Scalar: TypeAlias = Float[Array, "*batch"]
 Vector: TypeAlias = Float[Array, "*batch d"]

@@ -517,3 +517,39 @@ def test_operator_is_a_pytree_of_the_field(getkey):
     assert len(jax.tree.leaves(eqx.filter(op, eqx.is_array))) == len(
         jax.tree.leaves(eqx.filter(net, eqx.is_array))
     )
+
+
+@pytest.mark.parametrize("method", ["auto", "forward", "nested"])
+@pytest.mark.parametrize("batch", [(), (4,), (2, 3)])
+def test_a_single_time_is_broadcast_to_every_point(method, batch, getkey):
+    # One time for every point (an initial condition, an ODE solver's right-hand
+    # side): the same numbers as that time given once per point, and per-sample
+    # time shape ().
+    f = JnpMLP(3, 3, 8, time=True, key=getkey())
+    x = jax.random.normal(getkey(), batch + (3,))
+    s = 0.37
+    ops = {
+        name: getattr(eqxderiv, name)(f, method=method)
+        for name in ("Value", "TimeDerivative", "Laplacian", "GradDiv")
+    }
+    residual = ops["TimeDerivative"] - ops["Laplacian"]
+    for name, op in {**ops, "residual": residual}.items():
+        want = op(x, jnp.full(batch, s))
+        for single in (s, jnp.asarray(s), np.float64(s)):
+            got = op(x, single)
+            assert got.shape == want.shape, (name, single)
+            assert_close(got, want)
+        got = jax.jit(lambda x, t: op(x, t))(x, jnp.asarray(s))
+        assert_close(got, want)
+        if batch:
+            assert_close(op(x, s, chunk_size=3), want)
+
+
+def test_nothing_but_a_single_time_is_broadcast(no_typecheck):
+    f = lambda x, t: jnp.sin(x) * t
+    x = jnp.ones((4, 3))
+    for t in (jnp.ones((1,)), jnp.ones((1, 1)), jnp.ones((2,)), jnp.ones((4, 2))):
+        with pytest.raises(ValueError, match=r"A single time of shape \(\) is broad"):
+            eqxderiv.Value(f)(x, t)
+    # With a batch of one point, shape (1,) is one time per point, as before.
+    assert eqxderiv.Value(f)(x[:1], jnp.ones((1,))).shape == (1, 3)
