@@ -387,6 +387,38 @@ def test_bad_index(bad, exc, message):
         eqxderiv.Component(NET, bad)
 
 
+@pytest.mark.parametrize(
+    "bad, exc, message",
+    [
+        (slice(1, 1), ValueError, r"`index` slice\(1, 1, None\) selects no outputs"),
+        (slice(2, 0), ValueError, r"`index` slice\(2, 0, None\) selects no outputs"),
+        (slice(0, 2, 0), ValueError, r"`index` as a slice needs a nonzero step"),
+        (slice(0, 2.0), TypeError, r"`index` as a slice needs int start, stop"),
+        (slice(None, 0, -1), ValueError, r"`index` as a slice needs an explicit"),
+        (slice(3, -1, -1), ValueError, r"`index` as a slice needs an explicit"),
+    ],
+)
+def test_bad_slices(bad, exc, message):
+    # Refused when the Component is built, like the empty tuple: an empty slice
+    # used to give an empty Component, whose call failed inside JAX indexing.
+    with pytest.raises(exc, match=message):
+        eqxderiv.Component(NET, bad)
+
+
+def test_backwards_slices_select_as_numpy_does():
+    # `slice(2, 0, -1)` used to select nothing (its bounds were clipped to a
+    # length of 0).
+    for index in (slice(2, 0, -1), slice(2, None, -1), slice(2, None, -2)):
+        assert eqxderiv.Component(NET, index).positions == tuple(
+            _positions(index, 3)
+        ), index
+    x = jnp.asarray([[0.3, -0.2]])
+    assert_close(
+        eqxderiv.Value(eqxderiv.Component(NET, slice(2, None, -1)))(x),
+        NET(x[0])[::-1][None],
+    )
+
+
 @pytest.mark.parametrize("index", [3, -4, (0, 3), slice(1, 4), [-4, 0]])
 def test_index_out_of_range(index):
     msg = r"Component index .* is out of range for a field with 3 outputs"
