@@ -20,13 +20,35 @@ def _indices(index: Any) -> int | tuple[int, ...]:
     if isinstance(index, int):
         return index
     if isinstance(index, slice):
-        if index.stop is None or index.stop < 0 or (index.start or 0) < 0:
+        bounds = (index.start, index.stop, index.step)
+        if any(
+            b is not None and (not isinstance(b, int) or isinstance(b, bool))
+            for b in bounds
+        ):
+            raise TypeError(
+                f"`index` as a slice needs int start, stop and step; got {index!r}."
+            )
+        step = 1 if index.step is None else index.step
+        if step == 0:
+            raise ValueError(f"`index` as a slice needs a nonzero step; got {index!r}.")
+        # Without the field's output size, only bounds that do not depend on it
+        # select the outputs NumPy's indexing would: a start of 0 is implied going
+        # forwards, and going backwards the slice may run down to output 0.
+        start = 0 if index.start is None and step > 0 else index.start
+        stop = -1 if index.stop is None and step < 0 else index.stop
+        if start is None or start < 0 or stop is None or (index.stop or 0) < 0:
             raise ValueError(
                 "`index` as a slice needs an explicit, non-negative stop (and "
                 f"start), e.g. `slice(0, 2)` for the first two outputs; got "
                 f"{index!r}. Or list the components: `(2, 3)`."
             )
-        return tuple(range(*index.indices(index.stop)))
+        out = tuple(range(start, stop, step))
+        if not out:
+            raise ValueError(
+                f"`index` {index!r} selects no outputs; a Component needs at least "
+                "one, e.g. `slice(0, 2)` for the first two."
+            )
+        return out
     if isinstance(index, Sequence) and not isinstance(index, str):
         out = tuple(index)
         if out and all(isinstance(i, int) and not isinstance(i, bool) for i in out):
@@ -65,8 +87,8 @@ class Component(eqx.Module):
 
     - `field`: a vector field `f(x)` or `f(x, t)` with output shape `(m,)`.
     - `index`: an int (the component is a scalar field), a slice with an explicit
-        stop, or a sequence of ints (a vector field of those outputs, in that
-        order).
+        stop (going backwards, an explicit start), or a sequence of ints (a
+        vector field of those outputs, in that order).
     """
 
     field: Field

@@ -13,7 +13,6 @@ Every example is run as a script, `python examples/<name>.py [flags]`, and
 
 import argparse
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
@@ -63,7 +62,7 @@ def plot_path(args: argparse.Namespace, name: str) -> Path:
     return path
 
 
-def progress(steps: int, desc: str) -> Iterator[int]:
+def progress(steps: int, desc: str) -> "tqdm[int]":
     """`range(steps)` with a tqdm progress bar (on stderr). Set a postfix with
     `bar.set_postfix(...)` on the returned object."""
     return tqdm(range(steps), desc=desc, mininterval=0.5, dynamic_ncols=True)
