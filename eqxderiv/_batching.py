@@ -139,8 +139,7 @@ def evaluate_batched(
     return _compiled(out_structure, evaluate, x, t, key, chunk_size)
 
 
-@eqx.filter_jit
-def _compiled(
+def batched_work(
     out_structure: Callable[[Any, Any], Any],
     evaluate: Callable[[Any, Any, Any], Any],
     x: Any,
@@ -151,3 +150,7 @@ def _compiled(
     batch = tuple(x.shape[:-1])
     out_structure(sample_struct(x, batch), sample_struct(t, batch))
     return map_batch(evaluate, x, t, key, batch, chunk_size)
+
+
+# Compiled once per operator structure, input shapes and `chunk_size`.
+_compiled = eqx.filter_jit(batched_work)

@@ -1,24 +1,29 @@
 """Components of a field's output, as fields that still share its propagation."""
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ._custom_types import Field
 from ._field_call import call_field
 from ._operator import AbstractOperator
-from ._validation import check_field
+from ._validation import FieldError, check_field
 
 
 def _indices(index: Any) -> int | tuple[int, ...]:
     """`index` as an int (one component) or a tuple of ints (several)."""
-    if isinstance(index, bool):
-        raise TypeError(f"`index` must be an int, a slice or ints; got {index!r}.")
-    if isinstance(index, int):
-        return index
+    if isinstance(index, (bool, np.bool_)):
+        raise TypeError(
+            "`index` must be an int, a slice or a sequence of ints, not a bool; got "
+            f"{index!r}."
+        )
+    if isinstance(index, (int, np.integer)):
+        return operator.index(index)
     if isinstance(index, slice):
         bounds = (index.start, index.stop, index.step)
         if any(
@@ -51,8 +56,10 @@ def _indices(index: Any) -> int | tuple[int, ...]:
         return out
     if isinstance(index, Sequence) and not isinstance(index, str):
         out = tuple(index)
-        if out and all(isinstance(i, int) and not isinstance(i, bool) for i in out):
-            return out
+        ints = (int, np.integer)
+        bools = (bool, np.bool_)
+        if out and all(isinstance(i, ints) and not isinstance(i, bools) for i in out):
+            return tuple(operator.index(i) for i in out)
     raise TypeError(
         "`index` must be an int (one output), a slice with an explicit stop, or a "
         f"non-empty sequence of ints (several outputs); got {index!r}."
@@ -111,13 +118,13 @@ class Component(eqx.Module):
         """Raises unless the whole field's output shape `shape` has these
         components."""
         if len(shape) != 1:
-            raise ValueError(
+            raise FieldError(
                 "A Component's `field` must return a vector, output shape (m,); "
                 f"got output shape {shape}."
             )
         bad = [i for i in self.positions if not -shape[0] <= i < shape[0]]
         if bad:
-            raise ValueError(
+            raise FieldError(
                 f"Component index {self.index!r} is out of range for a field with "
                 f"{shape[0]} outputs."
             )

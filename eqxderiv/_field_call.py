@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ._flax import explain_unbound_flax
+from ._validation import FieldError
 
 
 def call_field(field: Callable[..., Any], x: Any, t: Any, key: Any = None) -> Any:
@@ -52,7 +53,7 @@ def _explain(
 ) -> Exception | None:
     """A clearer error for `e`, raised while tracing `field` on one sample, or
     `None` to let `e` through unchanged."""
-    if is_operator:
+    if is_operator or isinstance(e, FieldError):
         # Its own validation already explained the failure in its terms.
         return None
     message = str(e)

@@ -100,7 +100,9 @@ class AbstractOperator(eqx.Module):
 
         **Returns:** the result, of shape `(*batch, *result)`.
         """
+        # The internal classes of operator arithmetic are not named to users.
         name = type(self).__name__
+        name = "This operator" if name.startswith("_") else name
         return evaluate_batched(
             name, self.stochastic, self.out_structure, self.evaluate, x, t, key,
             chunk_size,

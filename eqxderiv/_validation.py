@@ -9,6 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 
 
+class FieldError(ValueError):
+    """A field that does not fit what it is used for, found while tracing it
+    (already explained: the per-sample hints of `_field_call` leave it alone)."""
+
+
 def _dtype_name(a: Any) -> str:
     return str(getattr(a, "dtype", type(a).__name__))
 

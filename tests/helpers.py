@@ -370,6 +370,7 @@ def separate_evaluations(op: Callable, x: Array, t: Array | None = None) -> int:
     that fused) plus one per plain field left on its own in the arithmetic. What
     fusion saves, counted without looking at how the operator is built."""
     import eqxderiv._abstract_derivative as derivative
+    import eqxderiv._batching as batching
     import eqxderiv._operator as operator
 
     count = [0]
@@ -385,5 +386,9 @@ def separate_evaluations(op: Callable, x: Array, t: Array | None = None) -> int:
         for module, name in ((derivative, "trace_field"), (operator, "call_field")):
             original = getattr(module, name)
             stack.enter_context(mock.patch.object(module, name, counting(original)))
+        # Without the compilation cache of eager calls, which would answer a call
+        # seen before without tracing anything.
+        work = batching.batched_work
+        stack.enter_context(mock.patch.object(batching, "_compiled", work))
         jax.make_jaxpr(lambda x_, t_: op(x_, t_))(x, t)
     return count[0]
