@@ -112,8 +112,8 @@ def compressed(ctx: JetContext, jet: Jet) -> tuple[Jet, JetContext]:
     Every later second-order term depends on the tangents only through that
     moment (`J (sum_k w_k T_k T_k^T) J^T` at each step), so when nothing else that
     carries a tangent is still needed, the rest of the pass is exact with `n`
-    directions instead of `K`. `R` is the triangular factor of a QR
-    decomposition of `diag(sqrt(w)) T`: exact derivatives of every order as long
+    directions instead of `K`. `R` is a factor of the Gram matrix of
+    `diag(sqrt(w)) T` (`gram_factor`): exact derivatives of every order as long
     as `T` has full column rank (a first layer whose weights for the inputs have
     full rank).
     """
@@ -127,42 +127,78 @@ def compressed(ctx: JetContext, jet: Jet) -> tuple[Jet, JetContext]:
     return new, JetContext(jnp.ones((n,), ctx.weights.dtype))
 
 
-def _differentiable_factor(work: Array) -> Array:
-    """`R` as a differentiable function of `work` (see `gram_factor`)."""
-    q0, r0 = jnp.linalg.qr(lax.stop_gradient(work))
-    diag = jnp.abs(jnp.diagonal(r0))
-    tol = 16 * max(work.shape) * jnp.finfo(work.dtype).eps
-    full = jnp.min(diag) > tol * jnp.max(diag)
-    # Feed QR a well-conditioned matrix where `a` is rank-deficient, so that its
-    # (unused) derivative there is finite and no NaN leaks through `where`.
-    safe = jnp.where(full, work, jnp.eye(*work.shape, dtype=work.dtype))
-    return jnp.where(full, jnp.linalg.qr(safe, mode="r"), q0.T @ work)
+def _cholesky_factor(g: Array) -> Array:
+    """The upper triangular `R` with `R^T R = g`: NaN where `g` is not
+    numerically positive definite."""
+    return jnp.linalg.cholesky(g).T
 
 
-# Evaluated without derivatives, `R` is one QR factorisation; the second QR that
-# keeps derivatives finite at rank deficiency runs only inside the JVP, so a
-# forward-only Laplacian pays for one.
+def _full_rank(r: Array) -> Array:
+    """Whether the Cholesky factor `r` is finite and far enough from singular for
+    the derivative of `_factor_jvp`, which solves with it."""
+    diag = jnp.abs(jnp.diagonal(r))
+    tol = 8 * jnp.sqrt(jnp.finfo(r.dtype).eps)
+    return jnp.all(jnp.isfinite(r)) & (jnp.min(diag) > tol * jnp.max(diag))
+
+
+def _eigen_factor(g: Array) -> tuple[Array, Array, Array]:
+    """`(R, lam, u)` with `R = diag(sqrt(lam)) u^T`, so `R^T R = g`, from the
+    eigendecomposition `g = u diag(lam) u^T` (negative round-off clipped)."""
+    lam, u = jnp.linalg.eigh(g)
+    lam = jnp.maximum(lam, 0)
+    return jnp.sqrt(lam)[:, None] * u.T, lam, u
+
+
+# Evaluated without derivatives, `R` is the Cholesky factor of the `(n, n)` Gram
+# matrix (or, where that is singular, a factor from its eigendecomposition); no
+# factorisation of the `(K, n)` matrix itself, whose LAPACK QR ran multithreaded
+# and took 10-40x longer on a loaded machine than single-threaded.
 @jax.custom_jvp
 def _factor(work: Array) -> Array:
-    return jnp.linalg.qr(work, mode="r")
+    g = work.T @ work
+    r = _cholesky_factor(g)
+    return lax.cond(_full_rank(r), lambda: r, lambda: _eigen_factor(g)[0])
 
 
 @_factor.defjvp
 def _factor_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
-    return jax.jvp(_differentiable_factor, primals, tangents)
+    (work,), (dwork,) = primals, tangents
+    g = work.T @ work
+    chol = _cholesky_factor(g)
+    full = _full_rank(chol)
+    # Both branches are computed and one selected (`lax.cond` here would not
+    # transpose under `vmap`, where it becomes a select itself); each branch gets
+    # inputs on which it is finite, so the other's NaN never leaks through `where`.
+    eye = jnp.eye(g.shape[0], dtype=g.dtype)
+    r_full = jnp.where(full, chol, eye)
+    # Full rank: dR = R^-T a^T da. Then d(R^T R) = a^T da + da^T a exactly, and,
+    # as this holds for every `a`, at every order of differentiation (with `R`
+    # in it differentiated by this same rule). It is not Cholesky's own
+    # derivative (it does not keep `R` triangular), which nothing needs: every
+    # later quantity depends on `R` through `R^T R` only.
+    rhs = work.T @ dwork
+    t_full = jax.scipy.linalg.solve_triangular(r_full, rhs, trans="T", lower=False)
+    # Rank-deficient: `R = Q^T a` for the orthonormal `Q = a u diag(lam)^(-1/2)`
+    # (columns of zero eigenvalues dropped), with `Q` held constant: `Q Q^T a = a`,
+    # so the first derivative of `R^T R` is exactly that of `a^T a`.
+    r_def, lam, u = _eigen_factor(jnp.where(full, eye, g))
+    keep = lam > 16 * g.shape[0] * jnp.finfo(g.dtype).eps * jnp.max(lam)
+    scale = jnp.where(keep, lax.rsqrt(jnp.where(keep, lam, 1)), 0)
+    q = lax.stop_gradient((work @ u) * scale[None, :])
+    t_def = q.T @ dwork
+    return jnp.where(full, r_full, r_def), jnp.where(full, t_full, t_def)
 
 
 def gram_factor(a: Array) -> Array:
-    """An `(n, n)` factor `R` with `R^T R = a^T a`, for `a` of shape `(K, n)`,
-    `K > n`: the triangular factor of a QR decomposition.
+    """An `(n, n)` factor `R` with `R^T R = a^T a`, for `a` of shape `(K, n)`.
 
-    Its derivatives are QR's where `a` has full column rank. Where `a` is
-    rank-deficient (a first layer with zero rows, as at some initialisations),
-    QR has no derivative (its JVP divides by the zero diagonal of `R`, which
-    gives NaN gradients); there `R` is computed as `Q^T a` with `Q` held
-    constant, which is the same value and whose first derivative gives the exact
-    first derivative of `R^T R` (as `Q Q^T a = a`), so parameter gradients stay
-    exact. Half precision is factored in float32 (LAPACK has no float16 QR).
+    Only `a^T a` is factored: its Cholesky factor where it is numerically
+    positive definite, with derivatives of every order exact for `R^T R`;
+    elsewhere (a first layer with
+    zero rows, as at some initialisations) a factor from its eigendecomposition,
+    whose first derivative is taken so that that of `R^T R` is exact (see
+    `_factor_jvp`), so parameter gradients stay exact and finite. Half precision
+    is factored in float32 (LAPACK has no float16 factorisations).
     """
     dtype = a.dtype
     work = a.astype(jnp.float32) if jnp.finfo(dtype).bits < 32 else a
