@@ -337,7 +337,9 @@ def line_oracle(fn, primals, tangents, weights):
 
     axes = [None if t is None else 0 for t in tangents]
     t, h = jax.vmap(along, in_axes=axes)(*tangents)
-    return fn(*primals), t, jnp.tensordot(weights, h, axes=1)
+    # Real weights with a complex output: cast explicitly (strict promotion).
+    w = jnp.asarray(weights).astype(h.dtype)
+    return fn(*primals), t, jnp.tensordot(w, h, axes=1)
 
 
 def check_jet(fn, primals, tangents, weights, rtol=1e-10, atol=1e-10):

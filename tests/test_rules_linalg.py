@@ -316,7 +316,7 @@ def test_complex_takes_the_fallback(monkeypatch):
     monkeypatch.setattr(registry, "_WARNED", set())
 
     def f(x):
-        a = mat(x) * (1 + 0.5j)
+        a = mat(x).astype(jnp.complex128) * (1 + 0.5j)
         return jsl.solve_triangular(a, rhs(x).astype(a.dtype), lower=True)
 
     with pytest.warns(FallbackWarning):

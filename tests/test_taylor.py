@@ -643,7 +643,7 @@ def test_compressed_complex_intermediate(monkeypatch):
     # A complex value after the narrow layer: its tangents are complex, which have
     # no real Gram factor, so the pass goes on uncompressed; values stay exact.
     def fn(x):
-        z = _K1.T @ x  # (5,), narrower than x
+        z = (_K1.T @ x).astype(jnp.complex128)  # (5,), narrower than x
         return jnp.abs(jnp.sum(jnp.exp(1j * z) * z))
 
     x = jnp.asarray(np.random.default_rng(25).normal(size=_D))
