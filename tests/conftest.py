@@ -39,8 +39,10 @@ if jax.config.values["jax_num_cpu_devices"] < MULTIDEVICE_CPUS:
     except RuntimeError:  # a plugin started the backend: test_multidevice skips
         pass
 # Strict settings many users turn on: nothing in the library (or the tests) may
-# rely on implicit rank promotion.
+# rely on implicit rank promotion, nor on implicit dtype promotion (under "strict"
+# mixing float32 with float64, or an integer array with a float one, raises).
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 @pytest.fixture

@@ -290,7 +290,11 @@ class JnpMLP(eqx.Module):
 
 
 class NN(nn.Module):
-    """The Flax model of the question this library answers, verbatim."""
+    """The Flax model of the question this library answers, verbatim but for the
+    layers' `dtype`: the parameters stay float32 (Flax's default) and the layers
+    compute in the input's dtype, which is what Flax's implicit promotion of a
+    float64 input with float32 parameters gave, made explicit (strict dtype
+    promotion refuses the implicit one)."""
 
     hid_dim: int  # Number of hidden neurons
     output_dim: int  # Number of output neurons
@@ -298,9 +302,10 @@ class NN(nn.Module):
     @nn.compact
     def __call__(self, x, t):
         out = jnp.hstack((x, t))
-        out = nn.tanh(nn.Dense(features=self.hid_dim)(out))
-        out = nn.tanh(nn.Dense(features=self.hid_dim)(out))
-        out = nn.Dense(features=self.output_dim)(out)
+        dtype = out.dtype
+        out = nn.tanh(nn.Dense(features=self.hid_dim, dtype=dtype)(out))
+        out = nn.tanh(nn.Dense(features=self.hid_dim, dtype=dtype)(out))
+        out = nn.Dense(features=self.output_dim, dtype=dtype)(out)
         return out
 
 
@@ -339,7 +344,9 @@ def line_oracle(fn, primals, tangents, weights):
 
     axes = [None if t is None else 0 for t in tangents]
     t, h = jax.vmap(along, in_axes=axes)(*tangents)
-    return fn(*primals), t, jnp.tensordot(weights, h, axes=1)
+    # Real weights with a complex output: cast explicitly (strict promotion).
+    w = jnp.asarray(weights).astype(h.dtype)
+    return fn(*primals), t, jnp.tensordot(w, h, axes=1)
 
 
 def check_jet(fn, primals, tangents, weights, rtol=1e-10, atol=1e-10):

@@ -135,7 +135,9 @@ def test_safe_norm_custom_jvp_is_not_bypassed():
 
 
 def test_complex_intermediates():
-    u = lambda x: jnp.abs(x[0] + 1j * x[1])  # noqa: E731
+    # Made complex explicitly: strict dtype promotion refuses `1j * x` for real `x`.
+    c = lambda x: x.astype(jnp.complex128)  # noqa: E731
+    u = lambda x: jnp.abs(c(x[0]) + 1j * c(x[1]))  # noqa: E731
     x = jnp.array([[3.0, 4.0]])
     v = lambda x: jnp.stack([u(x), x[0]])  # noqa: E731
     with warnings.catch_warnings():
@@ -143,7 +145,7 @@ def test_complex_intermediates():
         for method in EXACT:
             close(ed.Jacobian(v, method=method)(x), [[[0.6, 0.8], [1.0, 0.0]]])
             close(ed.Laplacian(u, method=method)(x), [0.2])  # 1 / r
-        w = lambda x: jnp.abs(jnp.exp(1j * x[0]) * x[1] + x[2])  # noqa: E731
+        w = lambda x: jnp.abs(jnp.exp(1j * c(x[0])) * c(x[1]) + c(x[2]))  # noqa: E731
         x = jnp.array([[0.3, 0.5, 0.7]])
         close(ed.Laplacian(w)(x), hessian_laplacian(w, x))
 

@@ -619,20 +619,22 @@ def test_complex_output():
         r"array, e\.g\. `lambda x: jnp\.stack\(\[f\(x\)\.real, f\(x\)\.imag\]\)` "
         r"\(or `jnp\.concatenate` for vector outputs\)"
     )
+    # `x` is made complex explicitly: strict dtype promotion refuses `1j * x`.
+    f = lambda x: jnp.exp(1j * x.astype(jnp.complex128))
     with pytest.raises(TypeError, match=msg):
-        eqxderiv.Value(lambda x: jnp.exp(1j * x))(X)
+        eqxderiv.Value(f)(X)
     with pytest.raises(TypeError, match=msg):
-        eqxderiv.derivatives(lambda x: jnp.exp(1j * x), X, operators=(eqxderiv.Value,))
+        eqxderiv.derivatives(f, X, operators=(eqxderiv.Value,))
 
 
 def test_complex_intermediates_are_fine():
     # Only complex *outputs* are refused: Re exp(i x) = cos x inside a field.
-    f = lambda x: jnp.real(jnp.exp(1j * x))
+    f = lambda x: jnp.real(jnp.exp(1j * x.astype(jnp.complex128)))
     assert jnp.allclose(eqxderiv.Value(f)(X), jnp.cos(X))
     lap = eqxderiv.Laplacian(f, method="nested")(X)
     assert jnp.allclose(lap, -jnp.cos(X))
     # The suggested split, for a complex-valued scalar field.
-    g = lambda x: jnp.exp(1j * jnp.sum(x))
+    g = lambda x: jnp.exp(1j * jnp.sum(x).astype(jnp.complex128))
     split = eqxderiv.Laplacian(
         lambda x: jnp.stack([g(x).real, g(x).imag]), method="nested"
     )(X)

@@ -51,7 +51,10 @@ def mat(x, n=3, shift=3.0, batch=()):
     feats = jnp.sin(
         0.3 * c
         + jnp.tensordot(
-            jnp.cos(c[..., None] + jnp.arange(D).reshape((1,) * c.ndim + (D,))),
+            jnp.cos(
+                c[..., None]
+                + jnp.arange(D, dtype=x.dtype).reshape((1,) * c.ndim + (D,))
+            ),
             x,
             axes=1,
         )
@@ -67,8 +70,10 @@ def spd(x, n=3, batch=()):
 
 
 def rhs(x, n=3, cols=None):
-    v = jnp.cos(x[jnp.arange(n) % D] + jnp.arange(n))
-    return v if cols is None else v[:, None] * jnp.arange(1.0, cols + 1)[None, :]
+    v = jnp.cos(x[jnp.arange(n) % D] + jnp.arange(n, dtype=x.dtype))
+    if cols is None:
+        return v
+    return v[:, None] * jnp.arange(1, cols + 1, dtype=x.dtype)[None, :]
 
 
 def run(fn, **kw):
@@ -311,7 +316,7 @@ def test_complex_takes_the_fallback(monkeypatch):
     monkeypatch.setattr(registry, "_WARNED", set())
 
     def f(x):
-        a = mat(x) * (1 + 0.5j)
+        a = mat(x).astype(jnp.complex128) * (1 + 0.5j)
         return jsl.solve_triangular(a, rhs(x).astype(a.dtype), lower=True)
 
     with pytest.warns(FallbackWarning):

@@ -643,7 +643,7 @@ def test_compressed_complex_intermediate(monkeypatch):
     # A complex value after the narrow layer: its tangents are complex, which have
     # no real Gram factor, so the pass goes on uncompressed; values stay exact.
     def fn(x):
-        z = _K1.T @ x  # (5,), narrower than x
+        z = (_K1.T @ x).astype(jnp.complex128)  # (5,), narrower than x
         return jnp.abs(jnp.sum(jnp.exp(1j * z) * z))
 
     x = jnp.asarray(np.random.default_rng(25).normal(size=_D))
@@ -664,3 +664,66 @@ def test_fallback_warning_points_at_the_users_call(monkeypatch):
     with pytest.warns(eqxderiv.FallbackWarning) as record:
         eqxderiv.Laplacian(f)(jnp.ones((2, 3)))  # the line the warning names
     assert record[0].filename == __file__
+
+
+# --------------------------------------------------------------------------------
+# float32 stays float32: with x64 on, float64 weights (jnp.ones's default) and
+# tangents, no value the engine computes from a float32 field is widened, under
+# strict dtype promotion (where an implicit widening would raise) and under the
+# standard one (where it would go unnoticed).
+
+
+def _wide_values(jaxpr):
+    """The float64 and complex128 values that `jaxpr`'s equations compute,
+    inner jaxprs included, as `(primitive name, dtype)` pairs."""
+    found = []
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            dtype = getattr(v.aval, "dtype", None)
+            if dtype in (jnp.float64, jnp.complex128):
+                found.append((eqn.primitive.name, str(dtype)))
+        for p in eqn.params.values():
+            for q in p if isinstance(p, (tuple, list)) else (p,):
+                inner = getattr(q, "jaxpr", q)
+                if hasattr(inner, "eqns"):
+                    found += _wide_values(inner)
+    return found
+
+
+# The families whose field is float32 for a float32 input (the others close over
+# float64 arrays or give lax float64 scalars, which mix dtypes in the field itself).
+_F32_FAMILIES = sorted(
+    set(FAMILIES)
+    - {"clamp", "concatenate_slice_reshape", "mul_scalar_operand"}
+    - {"dot_one_tangent", "dot_batch_const_lhs", "dot_batch_const_rhs"}
+)
+
+
+@pytest.mark.parametrize("promotion", ["standard", "strict"])
+@pytest.mark.parametrize("name", _F32_FAMILIES)
+def test_float32_is_not_widened(name, promotion):
+    fn = FAMILIES[name]
+    x = X.astype(jnp.float32)
+    v, w = probes(0, 3, 4)  # float64
+    entry = lambda x, v, w: collapsed_jet(fn, (x,), (v,), w)
+    with jax.numpy_dtype_promotion(promotion):
+        closed = jax.make_jaxpr(entry)(x, v, w)
+    assert _wide_values(closed.jaxpr) == []
+    assert all(a.dtype == jnp.float32 for a in closed.out_avals)
+
+
+@pytest.mark.parametrize("promotion", ["standard", "strict"])
+def test_float32_is_not_widened_by_compression_or_contraction(promotion):
+    fn = make_mlp(_D, 3, jnp.tanh, 1, dtype=jnp.float32)
+    x = jnp.ones(_D, jnp.float32)
+    V, w, C = jnp.eye(_D), jnp.ones(_D), jnp.ones((_D, 3))  # float64
+    entries = [
+        lambda x: compressed_second(fn, (x,), (V,), w),
+        lambda x: compressed_second(fn, (x,), (V,), w, identity=True),
+        lambda x: collapsed_jet_contracted(fn, (x,), (V,), w, C),
+    ]
+    for entry in entries:
+        with jax.numpy_dtype_promotion(promotion):
+            closed = jax.make_jaxpr(entry)(x)
+        assert _wide_values(closed.jaxpr) == []
+        assert all(a.dtype == jnp.float32 for a in closed.out_avals)

@@ -676,7 +676,8 @@ add(
 
 
 def _complex(x):
-    z = jnp.exp(1j * x) * (x + 2j) + (jnp.roll(x, 1) * 1j) ** 2
+    c = lambda a: a.astype(jnp.complex128)  # strict promotion refuses `1j * x`
+    z = jnp.exp(1j * c(x)) * (c(x) + 2j) + (c(jnp.roll(x, 1)) * 1j) ** 2
     w = z * jnp.conj(z) + z**3 / (z + 3.0)
     return jnp.real(w) + jnp.imag(z) * jnp.abs(z)
 

@@ -124,7 +124,8 @@ def compressed(ctx: JetContext, jet: Jet) -> tuple[Jet, JetContext]:
     w = jnp.sqrt(jnp.maximum(ctx.weights.astype(t.dtype), 0))
     r = gram_factor(w[:, None] * t.reshape(k, n))
     new = Jet(jet.primal, r.reshape((n, *shape)), jet.second)
-    return new, JetContext(jnp.ones((n,), ctx.weights.dtype))
+    # Unit weights in the tangents' dtype: a float32 pass gets no float64 array.
+    return new, JetContext(jnp.ones((n,), t.dtype))
 
 
 def _cholesky_factor(g: Array) -> Array:
