@@ -23,7 +23,7 @@ from ._custom_types import Field
 from ._engine import trace_field
 from ._field_call import call_field, field_output
 from ._methods import AbstractMethod, FieldProgram, as_method, needs_key
-from ._operator import AbstractOperator, PlainField
+from ._operator import AbstractOperator, PlainField, scaled
 from ._quantity import Quantities, Quantity
 from ._validation import check_field
 
@@ -230,10 +230,11 @@ class _Fused(AbstractOperator):
         terms = []
         for c, k, sel in zip(self.coeffs, self.kinds, self.selects):
             if sel is None:
-                terms.append(c * k.assemble(q, out, d))
+                y = k.assemble(q, out, d)
             else:
                 shape = () if isinstance(sel.index, int) else (len(sel.positions),)
-                terms.append(c * k.assemble(_restrict(q, sel, k.needs), shape, d))
+                y = k.assemble(_restrict(q, sel, k.needs), shape, d)
+            terms.append(scaled(c, y))
         return tuple(terms)
 
     def evaluate(self, x, t, key):

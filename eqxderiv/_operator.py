@@ -158,6 +158,14 @@ class AbstractOperator(eqx.Module):
         return self._scaled(1 / other)
 
 
+def scaled(c: Any, y: Array) -> Array:
+    """`c * y` in the dtype of `y`: a coefficient (a NumPy float32, a 0-d array)
+    never changes the result's precision, nor fails under strict promotion."""
+    if isinstance(c, (int, float)) and not isinstance(c, bool):
+        return c * y  # a weakly typed Python number takes the dtype of `y`
+    return jnp.asarray(c).astype(y.dtype) * y
+
+
 def _describe(x: Any) -> str:
     shape = getattr(x, "shape", None)
     if shape is not None:
@@ -198,7 +206,7 @@ class PlainField(AbstractOperator):
         return field_output(self.field, x, t, is_operator=False, stochastic=False)
 
     def evaluate(self, x, t, key):
-        return self.coeff * call_field(self.field, x, t)
+        return scaled(self.coeff, call_field(self.field, x, t))
 
     def _scaled(self, c):
         return PlainField(self.field, c * self.coeff)
@@ -291,7 +299,7 @@ class _Scale(AbstractOperator):
         return self.operator.out_structure(x, t)
 
     def evaluate(self, x, t, key):
-        return self.scale * self.operator.evaluate(x, t, key)
+        return scaled(self.scale, self.operator.evaluate(x, t, key))
 
     def _scaled(self, c):
         return _Scale(self.operator, c * self.scale)
