@@ -3,7 +3,7 @@ function (see `jet.py` for the jets it propagates)."""
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,15 @@ from .jet import Jet, JetContext, bind, is_float
 
 
 __all__ = ["collapsed_jet", "collapsed_jet_contracted", "compressed_second"]
+
+
+# The arguments every entry point takes: the function, its primal arguments, one
+# `(K, *primal.shape)` array of tangents per argument (`None` for an argument
+# without), and the `K` weights of the second-order sum.
+Fn: TypeAlias = Callable[..., Array]
+Primals: TypeAlias = tuple[ArrayLike, ...]
+Tangents: TypeAlias = tuple[Float[ArrayLike, "K ..."] | None, ...]
+Weights: TypeAlias = Shaped[ArrayLike, " K"]
 
 
 class _Traced(NamedTuple):
@@ -101,10 +110,7 @@ def _terms(y: Array, out: Jet, num: int) -> tuple[Array, Array]:
 
 
 def collapsed_jet(
-    fn: Callable[..., Array],
-    primals: tuple[ArrayLike, ...],
-    tangents: tuple[Float[ArrayLike, "K ..."] | None, ...],
-    weights: Shaped[ArrayLike, " K"],
+    fn: Fn, primals: Primals, tangents: Tangents, weights: Weights
 ) -> tuple[Array, Array, Array]:
     """Collapsed second-order Taylor-mode evaluation of `fn` at `primals`.
 
@@ -141,10 +147,10 @@ def collapsed_jet(
 
 
 def collapsed_jet_contracted(
-    fn: Callable[..., Array],
-    primals: tuple[ArrayLike, ...],
-    tangents: tuple[Float[ArrayLike, "K ..."] | None, ...],
-    weights: Shaped[ArrayLike, " K"],
+    fn: Fn,
+    primals: Primals,
+    tangents: Tangents,
+    weights: Weights,
     contract_with: Float[ArrayLike, "K ..."],
 ) -> tuple[Array, Array, Array, Array]:
     """`collapsed_jet` and the contraction of its tangents with `contract_with`.
@@ -248,10 +254,10 @@ def _identity_compressed(
 
 
 def compressed_second(
-    fn: Callable[..., Array],
-    primals: tuple[ArrayLike, ...],
-    tangents: tuple[Float[ArrayLike, "K ..."] | None, ...],
-    weights: Shaped[ArrayLike, " K"],
+    fn: Fn,
+    primals: Primals,
+    tangents: Tangents,
+    weights: Weights,
     identity: bool = False,
 ) -> tuple[Array, Array]:
     """The value and collapsed second-order term of `fn`, with the K directions

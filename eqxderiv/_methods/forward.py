@@ -8,13 +8,13 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._validation import as_int
-from .autodiff import Fn
-from .jet_method import AbstractJetMethod, JetResult
+from .jet_method import AbstractJetMethod, JetPass, JetResult
 
 
-def _forward_jet(fn, x, t, tx, w, second, contract):
+def _forward_jet(p: JetPass) -> JetResult:
     """Nested forward mode: one JVP (or JVP-of-JVP) per direction, vectorised.
     `t` (possibly None) is held fixed."""
+    fn, x, t, tx, w, second, contract = p[:7]
     g = lambda a: fn(a, t)
 
     def one(v):
@@ -56,15 +56,5 @@ class Forward(AbstractJetMethod):
     def directions(self, d: int, dtype: Any, key: Any) -> tuple[Array, Array, bool]:
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
 
-    def jet(
-        self,
-        fn: Fn,
-        x: Array,
-        t: Array | None,
-        tx: Array,
-        w: Array,
-        second: bool,
-        contract: Array | None,
-        tangents: bool = True,
-    ) -> JetResult:
-        return _forward_jet(fn, x, t, tx, w, second, contract)
+    def jet(self, p: JetPass) -> JetResult:
+        return _forward_jet(p)

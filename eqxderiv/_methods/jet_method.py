@@ -1,7 +1,7 @@
 """Methods built on one forward pass of directional derivatives (a jet)."""
 
 import abc
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import equinox as eqx
 import jax
@@ -12,6 +12,29 @@ from .._quantity import ESTIMATED, Quantities, Quantity as Q
 from .._validation import check_count
 from .abstract import AbstractMethod, FieldProgram
 from .autodiff import Fn, at_time, exact_jacobian, hessian, time_derivative
+
+
+class JetPass(NamedTuple):
+    """One jet pass to compute (see `AbstractJetMethod.jet`).
+
+    **Fields:**
+
+    - `fn`: the flattened field `fn(x, t) -> (m,)`; `t` is held fixed.
+    - `x`: the point, `(d,)`; `t`: its time or `None`.
+    - `tx`: the `K` directions, `(K, d)`; `w`: their weights, `(K,)`.
+    - `second`: whether the weighted second-order term is wanted.
+    - `contract`: `(K, m)` or `None`; see `AbstractJetMethod.jet`.
+    - `tangents`: whether the caller wants the `K` output tangents.
+    """
+
+    fn: Fn
+    x: Array
+    t: Array | None
+    tx: Array
+    w: Array
+    second: bool
+    contract: Array | None
+    tangents: bool = True
 
 
 # What a jet pass returns: the value `(m,)`, the tangents `(K, m)` or `None`, the
@@ -45,39 +68,21 @@ class AbstractJetMethod(AbstractMethod):
         whether `V` is the identity (so that tangents give the Jacobian)."""
 
     @abc.abstractmethod
-    def jet(
-        self,
-        fn: Fn,
-        x: Array,
-        t: Array | None,
-        tx: Array,
-        w: Array,
-        second: bool,
-        contract: Array | None,
-        tangents: bool = True,
-    ) -> JetResult:
-        """Returns `(value (m,), tangents (K, m) or None, second (m,) or None,
+    def jet(self, p: JetPass) -> JetResult:
+        """Computes the pass `p`.
+
+        Returns `(value (m,), tangents (K, m) or None, second (m,) or None,
         contraction () or None)`: the contraction is
         `sum_k w_k <contract[k], tangents[k]>` when `contract` (`(K, m)`) is
         given, which gives the divergence for `contract = V`. With
         `tangents=False` the caller does not want the tangents, and a method may
         return `None` for them."""
 
-    def _chunked_jet(
-        self,
-        fn: Fn,
-        x: Array,
-        t: Array | None,
-        tx: Array,
-        w: Array,
-        second: bool,
-        contract: Array | None,
-        tangents: bool = True,
-    ) -> JetResult:
-        k = tx.shape[0]
+    def _chunked_jet(self, p: JetPass) -> JetResult:
+        k = p.tx.shape[0]
         c = self.chunk_size
         if c is None or k <= c:
-            return self.jet(fn, x, t, tx, w, second, contract, tangents)
+            return self.jet(p)
         # Bounded memory: propagate `c` directions at a time. Padding rows have
         # zero tangents and zero weight, so they add nothing.
         n = -(-k // c)
@@ -88,14 +93,14 @@ class AbstractJetMethod(AbstractMethod):
             return a.reshape((n, c) + a.shape[1:])
 
         args = (
-            padded(tx),
-            padded(w),
-            None if contract is None else padded(contract),
+            padded(p.tx),
+            padded(p.w),
+            None if p.contract is None else padded(p.contract),
         )
 
         def one(a):
             cx, cw, cc = a
-            return self.jet(fn, x, t, cx, cw, second, cc, tangents)
+            return self.jet(p._replace(tx=cx, w=cw, contract=cc))
 
         values, T, seconds, contracted = jax.lax.map(one, args)
         if T is not None:
@@ -149,7 +154,7 @@ class AbstractJetMethod(AbstractMethod):
                 # wanted, which a method may compute from fewer directions.
                 keep = with_div or want_jac or not with_second
                 value, T, S, c = self._chunked_jet(
-                    fn, x_, t, V, w, with_second, contract, keep
+                    JetPass(fn, x_, t, V, w, with_second, contract, keep)
                 )
                 out = {Q.VALUE: value}
                 if with_div:

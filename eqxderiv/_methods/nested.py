@@ -28,14 +28,10 @@ class Nested(AbstractMethod):
 
     stochastic: ClassVar[bool] = False
 
-    def compute(
-        self,
-        field: FieldProgram,
-        x: Array,
-        t: Array | None,
-        needs: frozenset[Q],
-        key: Any,
-    ) -> Quantities:
+    # (One line per parameter, as the formatter would have it, repeats the
+    # signature of `AbstractJetMethod.compute` line for line.)
+    def compute(self, field: FieldProgram, x: Array, t: Array | None,
+                needs: frozenset[Q], key: Any) -> Quantities:  # fmt: skip
         fn, reverse, m = field.fn, field.reverse, field.size
         g = at_time(fn, t)
         q: Quantities = {Q.VALUE: g(x)}

@@ -9,8 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._validation import as_int, check_count
-from .autodiff import Fn
-from .jet_method import AbstractJetMethod, JetResult
+from .jet_method import AbstractJetMethod, JetPass, JetResult
 from .taylor import taylor_jet
 
 
@@ -31,20 +30,10 @@ def _rademacher(key, shape, dtype):
 class AbstractStochasticMethod(AbstractJetMethod):
     """A jet method whose directions are random, drawn per sample."""
 
-    def jet(
-        self,
-        fn: Fn,
-        x: Array,
-        t: Array | None,
-        tx: Array,
-        w: Array,
-        second: bool,
-        contract: Array | None,
-        tangents: bool = True,
-    ) -> JetResult:
+    def jet(self, p: JetPass) -> JetResult:
         # Per-sample probes: compressing them would cost a factorisation per
         # sample, so the tangents are always propagated as they are.
-        return taylor_jet(fn, x, t, tx, w, second, contract)
+        return taylor_jet(p)
 
 
 class Hutchinson(AbstractStochasticMethod):

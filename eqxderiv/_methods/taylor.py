@@ -8,15 +8,15 @@ from jaxtyping import Array
 
 from .._engine import collapsed_jet, collapsed_jet_contracted, compressed_second
 from .._validation import as_int
-from .autodiff import Fn
-from .jet_method import AbstractJetMethod, JetResult
+from .jet_method import AbstractJetMethod, JetPass, JetResult
 
 
-def taylor_jet(fn, x, t, tx, w, second, contract, compress=False, identity=False):
+def taylor_jet(p: JetPass, compress: bool = False, identity: bool = False) -> JetResult:
     """One collapsed pass: value, `K` tangents and `sum_k w_k D^2 f[v_k, v_k]`;
     `t` (possibly None) is held fixed. With `compress`, the tangents are not
     returned and the second-order term may be computed from fewer directions."""
-    g, primals, tangents = (lambda a: fn(a, t)), (x,), (tx,)
+    fn, t, w, contract = p.fn, p.t, p.w, p.contract
+    g, primals, tangents = (lambda a: fn(a, t)), (p.x,), (p.tx,)
     T = c = None
     if compress:
         y, S = compressed_second(g, primals, tangents, w, identity=identity)
@@ -27,7 +27,7 @@ def taylor_jet(fn, x, t, tx, w, second, contract, compress=False, identity=False
     # Without a Laplacian the second-order chain is unused, and XLA removes it as
     # dead code; the interpreter's first-order propagation (the direction axis as
     # a free matmul dimension) measured faster than vectorised `jvp`s.
-    return y, T, (S if second else None), c
+    return y, T, (S if p.second else None), c
 
 
 class Taylor(AbstractJetMethod):
@@ -70,21 +70,12 @@ class Taylor(AbstractJetMethod):
     def directions(self, d: int, dtype: Any, key: Any) -> tuple[Array, Array, bool]:
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
 
-    def jet(
-        self,
-        fn: Fn,
-        x: Array,
-        t: Array | None,
-        tx: Array,
-        w: Array,
-        second: bool,
-        contract: Array | None,
-        tangents: bool = True,
-    ) -> JetResult:
+    def jet(self, p: JetPass) -> JetResult:
         # The coordinate directions are the same for every sample, so a first
         # layer narrower than the input compresses them once per batch.
-        compress = self.compress and second and not tangents and contract is None
+        compress = self.compress and p.second and not p.tangents
+        compress = compress and p.contract is None
         # Unchunked, `tx` is `directions(d)`: the identity, with unit weights. Its
         # first narrow layer's tangents then come from that layer's Jacobian.
-        identity = compress and tx.shape[0] == tx.shape[1] == x.shape[0]
-        return taylor_jet(fn, x, t, tx, w, second, contract, compress, identity)
+        identity = compress and p.tx.shape[0] == p.tx.shape[1] == p.x.shape[0]
+        return taylor_jet(p, compress, identity)

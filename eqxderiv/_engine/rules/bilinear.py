@@ -11,16 +11,8 @@ from jax import lax
 from jax.extend import core
 from jaxtyping import Array, ArrayLike
 
-from ..jet import (
-    Jet,
-    JetContext,
-    add_terms,
-    bind,
-    lift,
-    mul_terms,
-    shift_axes,
-    single_jet,
-)
+from .. import jet
+from ..jet import Jet, JetContext
 from ..registry import register_rule
 
 
@@ -29,13 +21,15 @@ __all__: list[str] = []
 
 def _mul_rule(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
     a, b = jets
-    (y,) = bind(eqn, [a.primal, b.primal])
-    ta, tb = lift(a.tangent, jnp.ndim(y)), lift(b.tangent, jnp.ndim(y))
-    t = add_terms(mul_terms(b.primal, ta), mul_terms(a.primal, tb))
-    s = add_terms(mul_terms(b.primal, a.second), mul_terms(a.primal, b.second))
+    (y,) = jet.bind(eqn, [a.primal, b.primal])
+    ta, tb = jet.lift(a.tangent, jnp.ndim(y)), jet.lift(b.tangent, jnp.ndim(y))
+    t = jet.add_terms(jet.mul_terms(b.primal, ta), jet.mul_terms(a.primal, tb))
+    s = jet.add_terms(
+        jet.mul_terms(b.primal, a.second), jet.mul_terms(a.primal, b.second)
+    )
     if ta is not None and tb is not None:
-        s = add_terms(s, 2 * ctx.quad(ta, tb))
-    return single_jet(y, t, s)
+        s = jet.add_terms(s, 2 * ctx.quad(ta, tb))
+    return jet.single_jet(y, t, s)
 
 
 def _dot(a: ArrayLike, b: ArrayLike, dims: Any, params: dict[str, Any]) -> Array:
@@ -51,7 +45,9 @@ def _dot(a: ArrayLike, b: ArrayLike, dims: Any, params: dict[str, Any]) -> Array
 def _dot_tangent_lhs(t: Array, b: ArrayLike, params: dict[str, Any]) -> Array:
     """`dot_general(t[k], b)` for every k, with K as one more free lhs dimension."""
     (lc, rc), (lb, rb) = params["dimension_numbers"]
-    out = _dot(t, b, ((shift_axes(lc), tuple(rc)), (shift_axes(lb), tuple(rb))), params)
+    out = _dot(
+        t, b, ((jet.shift_axes(lc), tuple(rc)), (jet.shift_axes(lb), tuple(rb))), params
+    )
     # The result is (batch..., K, lhs free..., rhs free...): K goes to the front.
     return jnp.moveaxis(out, len(lb), 0) if lb else out
 
@@ -63,7 +59,9 @@ def _dot_tangent_rhs(a: ArrayLike, t: Array, params: dict[str, Any]) -> Array:
     transpose in the common matrix @ vector case (`eqx.nn.Linear`).
     """
     (lc, rc), (lb, rb) = params["dimension_numbers"]
-    out = _dot(t, a, ((shift_axes(rc), tuple(lc)), (shift_axes(rb), tuple(lb))), params)
+    out = _dot(
+        t, a, ((jet.shift_axes(rc), tuple(lc)), (jet.shift_axes(rb), tuple(lb))), params
+    )
     # The result is (batch, K, rhs free, lhs free); we want (K, batch, lhs free,
     # rhs free).
     nb = len(lb)
@@ -77,13 +75,13 @@ def _dot_tangent_rhs(a: ArrayLike, t: Array, params: dict[str, Any]) -> Array:
 def _dot_general(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
     a, b = jets
     p = eqn.params
-    (y,) = bind(eqn, [a.primal, b.primal])
+    (y,) = jet.bind(eqn, [a.primal, b.primal])
     dims = p["dimension_numbers"]
-    t = add_terms(
+    t = jet.add_terms(
         None if a.tangent is None else _dot_tangent_lhs(a.tangent, b.primal, p),
         None if b.tangent is None else _dot_tangent_rhs(a.primal, b.tangent, p),
     )
-    s = add_terms(
+    s = jet.add_terms(
         None if a.second is None else _dot(a.second, b.primal, dims, p),
         None if b.second is None else _dot(a.primal, b.second, dims, p),
     )
@@ -94,11 +92,11 @@ def _dot_general(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[J
         w = ctx.weights.astype(a.tangent.dtype)
         wa = a.tangent * w.reshape((-1,) + (1,) * jnp.ndim(a.primal))
         cross_dims = (
-            ((0, *shift_axes(lc)), (0, *shift_axes(rc))),
-            (shift_axes(lb), shift_axes(rb)),
+            ((0, *jet.shift_axes(lc)), (0, *jet.shift_axes(rc))),
+            (jet.shift_axes(lb), jet.shift_axes(rb)),
         )
-        s = add_terms(s, 2 * _dot(wa, b.tangent, cross_dims, p))
-    return single_jet(y, t, s)
+        s = jet.add_terms(s, 2 * _dot(wa, b.tangent, cross_dims, p))
+    return jet.single_jet(y, t, s)
 
 
 register_rule("mul", _mul_rule, bilinear=True)
