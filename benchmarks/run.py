@@ -478,7 +478,11 @@ def main(argv=None):
         default=3,
         help="runs per contender at the large stochastic d (each takes seconds)",
     )
-    p.add_argument("--out", default="docs/benchmarks")
+    p.add_argument(
+        "--out",
+        help="where to write the table, plot and JSON (default docs/benchmarks, "
+        "or benchmarks/out with --quick)",
+    )
     p.add_argument("--tag", default="cpu")
     p.add_argument(
         "--memory-limit-gb",
@@ -497,14 +501,18 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.render:
         with open(args.render) as f:
-            render(json.load(f), args.out, args.tag)
+            render(json.load(f), args.out or "docs/benchmarks", args.tag)
         return 0
     if args.quick:
         args.ds, args.batch, args.width, args.repeats = [3, 8], 16, 16, 3
         args.heavy_repeats = 2
         args.stochastic_ds = [2_000]
         args.stochastic_repeats = 2
-        args.out = os.path.join("benchmarks", "out")
+    if args.out is None:
+        # A smoke run must never overwrite the published tables.
+        args.out = (
+            os.path.join("benchmarks", "out") if args.quick else "docs/benchmarks"
+        )
     os.makedirs(args.out, exist_ok=True)
 
     models = [("seed net", args.width, args.depth)]
