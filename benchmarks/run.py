@@ -21,6 +21,7 @@ table beside the CPU one.
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -30,6 +31,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm import tqdm
 
 import eqxderiv as ed
@@ -61,6 +63,14 @@ class Result:
     memory_mb: float | None = None
     note: str = ""
     alone: bool = False  # timed on its own, not interleaved (see HEAVY_S)
+    # The table section: "" for the operator groups, "training" or "sweep".
+    section: str = ""
+    # The anchor of its group when that is not simply the last row (the fastest
+    # of several hand-written recipes; see `run_group`'s `best_of`).
+    anchor: bool = False
+    # The largest relative difference from the reference's output, when the group
+    # was verified before timing (see `max_rel_error`).
+    check_err: float | None = None
 
 
 def make_net(d, width, depth, key):
@@ -197,24 +207,28 @@ def _memory_mb(compiled):
     ) / 2**20
 
 
-def compile_fn(fn: Callable | SeparateCalls, x, t):
-    """Returns `(run, compile_s, memory_mb)`, `run(x, t)` calling compiled code."""
+def compile_fn(fn: Callable | SeparateCalls, args: tuple):
+    """Returns `(run, compile_s, memory_mb)`, `run(*args)` calling compiled code."""
     start = time.perf_counter()
     if not isinstance(fn, SeparateCalls):
-        compiled = jax.jit(fn).lower(x, t).compile()
+        compiled = jax.jit(fn).lower(*args).compile()
         return compiled, time.perf_counter() - start, _memory_mb(compiled)
-    parts = [jax.jit(f).lower(x, t).compile() for f in fn.parts]
-    shapes = [jax.eval_shape(f, x, t) for f in fn.parts]
+    parts = [jax.jit(f).lower(*args).compile() for f in fn.parts]
+    shapes = [jax.eval_shape(f, *args) for f in fn.parts]
     combine = jax.jit(fn.combine).lower(*shapes).compile()
     compile_s = time.perf_counter() - start
     # The programs run one after the other: the peak is the largest of them.
     mems = [_memory_mb(c) for c in parts]
     memory = None if None in mems else max(m for m in mems if m is not None)
 
-    def run(x, t):
-        return combine(*[c(x, t) for c in parts])
+    def run(*args):
+        return combine(*[c(*args) for c in parts])
 
     return run, compile_s, memory
+
+
+# eqxderiv's own contenders are named with one of these prefixes.
+OURS = ("eqxderiv", "Hutchinson", "SparseSampling")
 
 
 # A contender whose warm-up run takes longer than this, or whose program needs more
@@ -225,22 +239,92 @@ HEAVY_S = 0.25
 HEAVY_MB = 512.0
 
 
-def _time(run, x, t):
+def _time(run, args):
     start = time.perf_counter()
-    jax.block_until_ready(run(x, t))
+    jax.block_until_ready(run(*args))
     return time.perf_counter() - start
 
 
+# Two contenders computing the same thing exactly (up to the order of float32
+# operations) agree to this, relative to the size of each output array.
+CHECK_RTOL = 1e-3
+
+
+def max_rel_error(out, ref) -> float:
+    """The largest difference between two outputs (pytrees of arrays: a value, or
+    a loss and its parameter gradient), each array's relative to that array's
+    largest entry (floored at 1e-6 of the largest entry of all, for arrays that
+    are exactly zero, such as the gradient of a bias a loss does not see);
+    infinite if the structures differ or `out` is not finite."""
+    a, b = jax.tree.leaves(out), jax.tree.leaves(ref)
+    if jax.tree.structure(out) != jax.tree.structure(ref):
+        return math.inf
+    a = [np.asarray(u, np.float64) for u in a]
+    b = [np.asarray(v, np.float64) for v in b]
+    if any(u.shape != v.shape or not np.all(np.isfinite(u)) for u, v in zip(a, b)):
+        return math.inf
+    top = max((float(np.max(np.abs(v))) for v in b if v.size), default=0.0)
+    worst = 0.0
+    for u, v in zip(a, b):
+        if v.size:
+            scale = max(float(np.max(np.abs(v))), 1e-6 * top, 1e-30)
+            worst = max(worst, float(np.max(np.abs(u - v))) / scale)
+    return worst
+
+
+def _verify(results, outputs):
+    """Checks every contender's output against the group's reference: the last
+    hand-written contender that ran (normally the anchor, the last row). A
+    contender that disagrees is marked and left out of the timing."""
+    ran = list(outputs)
+    if not ran:
+        return
+    theirs = [n for n in ran if not n.startswith(OURS)]
+    ref = theirs[-1] if theirs else None
+    for name in ran:
+        r = results[name]
+        if ref is None:
+            r.note = "not verified: no hand-written contender ran"
+        elif name != ref:
+            r.check_err = max_rel_error(outputs[name], outputs[ref])
+            if not r.check_err <= CHECK_RTOL:
+                r.note = f"wrong result (rel. error {r.check_err:.1e} to {ref})"
+    if ref is not None:
+        results[ref].check_err = 0.0
+    for name in ran:
+        if results[name].note:
+            del outputs[name]
+
+
 def run_group(
-    quantity, fns, x, t, d, model, repeats, memory_limit_mb, progress, heavy_repeats
+    quantity,
+    fns,
+    args,
+    d,
+    model,
+    repeats,
+    memory_limit_mb,
+    progress,
+    heavy_repeats,
+    *,
+    section="",
+    verify=False,
+    best_of=(),
 ):
-    """Compiles each contender, then times them (light ones interleaved)."""
-    results, compiled, heavy = {}, {}, {}
+    """Compiles each contender, then times them (light ones interleaved).
+
+    `args` is the tuple every contender is called on: `(x, t)`, or
+    `(params, x, t)` for a training step. With `verify`, every contender's
+    warm-up output is checked against the reference's (see `_verify`) before
+    any timing, and one that disagrees is not timed. With `best_of` (names of
+    contenders), the fastest of those is marked as the group's anchor.
+    """
+    results, compiled, heavy, outputs = {}, {}, {}, {}
     for name, fn in fns.items():
-        r = Result(quantity, name, d, model)
+        r = Result(quantity, name, d, model, section=section)
         results[name] = r
         try:
-            c, r.compile_s, r.memory_mb = compile_fn(fn, x, t)
+            c, r.compile_s, r.memory_mb = compile_fn(fn, args)
         except Exception as e:  # noqa: BLE001 - a failing contender is reported
             r.note = f"failed to compile: {type(e).__name__}"
             continue
@@ -248,27 +332,44 @@ def run_group(
             r.note = f"out of memory (needs {r.memory_mb / 1024:.1f} GiB)"
             continue
         try:
-            warm = _time(c, x, t)
+            start = time.perf_counter()
+            out = jax.block_until_ready(c(*args))
+            warm = time.perf_counter() - start
         except Exception as e:  # noqa: BLE001
             r.note = f"failed to run: {type(e).__name__}"
             continue
+        if verify:
+            outputs[name] = out
         big = r.memory_mb is not None and r.memory_mb > HEAVY_MB
         (heavy if warm > HEAVY_S or big else compiled)[name] = c
+    if verify:
+        _verify(results, outputs)
+        compiled = {n: c for n, c in compiled.items() if n in outputs}
+        heavy = {n: c for n, c in heavy.items() if n in outputs}
     times = {name: [] for name in (*compiled, *heavy)}
     for _ in range(repeats):
         for name, c in compiled.items():
-            times[name].append(_time(c, x, t))
+            times[name].append(_time(c, args))
         progress.update(1)
     for name, c in heavy.items():
-        times[name] = [_time(c, x, t) for _ in range(heavy_repeats)]
+        times[name] = [_time(c, args) for _ in range(heavy_repeats)]
         results[name].alone = True
     for name, ts in times.items():
         results[name].run_ms = 1e3 * statistics.median(ts)
+    timed = [results[n] for n in best_of if results[n].run_ms is not None]
+    if timed:
+        min(timed, key=lambda r: r.run_ms).anchor = True
     return list(results.values())
 
 
 def fmt(v, spec):
     return "—" if v is None else format(v, spec)
+
+
+def group_anchor(rs: list[Result]) -> Result:
+    """The anchor of a group's ratios: the contender marked as its anchor (the
+    fastest of several recipes), else the last one."""
+    return next((r for r in rs if r.anchor), rs[-1])
 
 
 def table(results: list[Result]) -> str:
@@ -281,7 +382,7 @@ def table(results: list[Result]) -> str:
     for r in results:
         groups.setdefault((r.model, r.d, r.quantity), []).append(r)
     for (model, d, quantity), rs in groups.items():
-        anchor = rs[-1]  # the last contender of each group is its anchor
+        anchor = group_anchor(rs)
         for r in rs:
             ratio = (
                 r.run_ms / anchor.run_ms
@@ -296,8 +397,9 @@ def table(results: list[Result]) -> str:
             run = fmt(r.run_ms, ".3g") if not r.note else r.note
             if r.alone:
                 run += " †"
+            name = f"{r.name} ‡" if r.anchor else r.name
             lines.append(
-                f"| {model} | {d} | {quantity} | {r.name} | {run} | "
+                f"| {model} | {d} | {quantity} | {name} | {run} | "
                 f"{fmt(ratio, '.2f')} | {fmt(r.compile_s, '.2f')} | "
                 f"{fmt(cratio, '.2f')} | {fmt(r.memory_mb, '.3g')} |"
             )
@@ -442,6 +544,7 @@ def render(data, out, tag):
             f"![time against d](./{tag}.png)",
         ]
     )
+    os.makedirs(out, exist_ok=True)
     md = os.path.join(out, f"{tag}.md")
     with open(md, "w") as f:
         f.write(text + "\n")
@@ -538,8 +641,7 @@ def main(argv=None):
             results += run_group(
                 quantity,
                 fns,
-                x,
-                t,
+                (x, t),
                 d,
                 model,
                 args.repeats,
@@ -557,8 +659,7 @@ def main(argv=None):
             results += run_group(
                 quantity,
                 fns,
-                x,
-                t,
+                (x, t),
                 d,
                 "seed net",
                 args.stochastic_repeats,
@@ -599,12 +700,11 @@ def main(argv=None):
     render(data, args.out, args.tag)
     print(f"wrote {raw}", file=sys.stderr)
     # Anchors may run out of memory; eqxderiv's own contenders must not fail.
-    ours = ("eqxderiv", "Hutchinson", "SparseSampling")
-    eqx_failed = [r for r in results if r.run_ms is None and r.name.startswith(ours)]
+    eqx_failed = [r for r in results if r.run_ms is None and r.name.startswith(OURS)]
     if eqx_failed:
         print(f"eqxderiv contenders failed: {eqx_failed}", file=sys.stderr)
         return 1
-    timed = [r for r in results if r.run_ms is not None and r.name.startswith(ours)]
+    timed = [r for r in results if r.run_ms is not None and r.name.startswith(OURS)]
     if not timed:
         print("no eqxderiv contender was timed", file=sys.stderr)
         return 1
