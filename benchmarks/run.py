@@ -1,26 +1,50 @@
 """Speed benchmark: eqxderiv against the usual nested-autodiff recipes and folx.
 
-Every contender is measured side by side in this one process, on the network of
-the question eqxderiv was built for: a tanh MLP over `concatenate(x, t)` with
-output dimension `d`, batched with `vmap`. For each quantity it reports the
-median run time over several runs (runs of the contenders interleaved, so that
-machine noise hits them alike), the compile time (trace + lower + compile), and
-the peak memory of the compiled program as XLA accounts it (arguments + outputs +
-temporaries, from `compiled.memory_analysis()`), and ratios against the anchors.
+Every contender is measured side by side in this one process. For each quantity
+it reports the median run time over several runs (runs of the contenders
+interleaved, so that machine noise hits them alike), the compile time (trace +
+lower + compile), and the peak memory of the compiled program as XLA accounts it
+(arguments + outputs + temporaries, from `compiled.memory_analysis()`), and
+ratios against the anchors. There are three sections:
+
+- Operators: each quantity (Jacobian, df/dt, divergence, Laplacian, grad-div, a
+  residual of three terms, and stochastic estimates at large d) on the network
+  of the question eqxderiv was built for, a tanh MLP over `concatenate(x, t)`
+  with output dimension `d`, batched with `vmap`.
+- Training steps (`--training`, on by default): the value and parameter
+  gradient of a loss of derivatives (`eqx.filter_value_and_grad` with respect to
+  the network, jitted, the parameters an argument of the program): the heat
+  PINN residual of `examples/heat_pinn.py` (against folx's forward Laplacian
+  plus a `jax.jvp` along t, and nested autodiff), the L2 loss of
+  `examples/seed_equinox.py` on `eqxderiv.derivatives` and the score
+  Fokker-Planck residual of `examples/fokker_planck.py` (both against the best
+  hand-written recipe, the faster of two).
+- Architecture sweep (`--sweep`, on by default): Laplacian, divergence and
+  grad-div of deeper, wider, residual (LayerNorm) and Fourier-feature networks
+  and of other activations (gelu, silu, softplus, sin).
+
+In the last two, every contender's output is checked against its group's
+reference before it is timed (`CHECK_RTOL`), so that a wrong one cannot be
+timed; one that disagrees is reported and makes the script fail.
 
     pip install -e ".[bench]"
     python benchmarks/run.py                 # full run, writes docs/benchmarks/
     python benchmarks/run.py --quick         # a small smoke run (used by CI)
+    python benchmarks/run.py --no-training --no-sweep   # the operators only
 
-The table is written to `<out>/<tag>.md`, the plot (time against d, log-log) to
-`<out>/<tag>.png` and the raw results to `<out>/<tag>.json` (`--render JSON`
-redraws the first two from it); `--tag gpu` on a GPU machine writes a second
-table beside the CPU one.
+`--quick` runs a tiny version of every group (d = 3, small widths, two runs of
+the new groups) and gives no verdict on the bars ("smoke run: bars not
+checked"); it writes to `benchmarks/out/` unless `--out` says otherwise. The
+table is written to `<out>/<tag>.md`, the plot (time against d, log-log, of the
+operators on the seed net) to `<out>/<tag>.png` and the raw results to
+`<out>/<tag>.json` (`--render JSON` redraws the first two from it); `--tag gpu`
+on a GPU machine writes a second table beside the CPU one.
 """
 
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -28,8 +52,10 @@ import sys
 import time
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm import tqdm
 
 import eqxderiv as ed
@@ -61,6 +87,14 @@ class Result:
     memory_mb: float | None = None
     note: str = ""
     alone: bool = False  # timed on its own, not interleaved (see HEAVY_S)
+    # The table section: "" for the operator groups, "training" or "sweep".
+    section: str = ""
+    # The anchor of its group when that is not simply the last row (the fastest
+    # of several hand-written recipes; see `run_group`'s `best_of`).
+    anchor: bool = False
+    # The largest relative difference from the reference's output, when the group
+    # was verified before timing (see `max_rel_error`).
+    check_err: float | None = None
 
 
 def make_net(d, width, depth, key):
@@ -92,16 +126,7 @@ def recipes(net, d):
         h = jax.vmap(jax.hessian(single))(x, t)
         return jnp.trace(h, axis1=-2, axis2=-1)
 
-    def folx_laplacian(x, t):
-        assert folx is not None
-        fl = jax.vmap(
-            lambda x_, t_: (
-                folx.forward_laplacian(lambda y: single(y, t_), sparsity_threshold=0)(
-                    x_
-                ).laplacian
-            )
-        )
-        return fl(x, t)
+    folx_laplacian = jax.vmap(folx_laplacian_of(single))
 
     nu = 0.1
     residual = ed.TimeDerivative(net) - nu * ed.Laplacian(net) + ed.GradDiv(net)
@@ -159,6 +184,307 @@ def recipes(net, d):
     return out
 
 
+def folx_laplacian_of(field):
+    """`folx.forward_laplacian` of `field(x, t)` in `x`, for one sample."""
+
+    def one(x, t):
+        assert folx is not None
+        lap = folx.forward_laplacian(lambda y: field(y, t), sparsity_threshold=0)
+        return lap(x).laplacian
+
+    return one
+
+
+# --- Training steps ---------------------------------------------------------
+#
+# A training-step contender is `(params, x, t) -> (loss, grads)`: the loss and
+# its gradient with respect to the network, by `eqx.filter_value_and_grad`, with
+# the parameters an argument of the compiled program as in training (closed
+# over, XLA would fold them in as constants). Every contender of a group builds
+# the same loss from the same network; they differ in how the derivatives of
+# the network with respect to its inputs are computed.
+
+
+def training_step(loss, static):
+    """The contender for `loss(net, x, t)`; `static` is the non-array part of
+    the network (`eqx.partition(net, eqx.is_inexact_array)[1]`)."""
+
+    def step(params, x, t):
+        return eqx.filter_value_and_grad(loss)(eqx.combine(params, static), x, t)
+
+    return step
+
+
+def value_and_dt(net, x, t):
+    """`(f, df/dt)` of one sample, by one `jax.jvp` along `t`."""
+    return jax.jvp(lambda s: net(x, s), (t,), (jnp.ones_like(t),))
+
+
+def heat_losses():
+    """The heat PINN's loss `mean((u_t - Laplacian u)^2)` (the residual of
+    `examples/heat_pinn.py`), for a scalar field `u(x, t)`."""
+
+    def eqx_loss(u, x, t):
+        return jnp.mean((ed.TimeDerivative(u) - ed.Laplacian(u))(x, t) ** 2)
+
+    def recipe(laplacian):
+        def loss(u, x, t):
+            def one(x, t):
+                return value_and_dt(u, x, t)[1] - laplacian(u)(x, t)
+
+            return jnp.mean(jax.vmap(one)(x, t) ** 2)
+
+        return loss
+
+    def hessian_trace(u):
+        return lambda x, t: jnp.trace(jax.hessian(lambda y: u(y, t))(x))
+
+    out = {
+        "eqxderiv TimeDerivative - Laplacian": eqx_loss,
+        "nested jvp + trace(jax.hessian)": recipe(hessian_trace),
+    }
+    if folx is not None:
+        out["folx jvp + forward_laplacian"] = recipe(folx_laplacian_of)
+    return out
+
+
+def recipe_derivatives(net, x, t, jacobian):
+    """The best hand-written recipe for the value, df/dt, df/dx and grad div f of
+    a batch: one `jax.jvp` along `t` (value and df/dt), `jacobian` (`jax.jacfwd`
+    or `jax.jacrev`) for df/dx, and `grad` of the trace of `jacfwd` for the
+    gradient of the divergence, each `vmap`ped."""
+
+    def one(x, t):
+        f, df_dt = value_and_dt(net, x, t)
+        df_dx = jacobian(lambda y: net(y, t))(x)
+        grad_div = jax.grad(lambda y: jnp.trace(jax.jacfwd(lambda z: net(z, t))(y)))
+        return f, df_dt, df_dx, grad_div(x)
+
+    return jax.vmap(one)(x, t)
+
+
+RECIPE_JACOBIANS = {"jacfwd": jax.jacfwd, "jacrev": jax.jacrev}
+
+
+def recipe_name(jac):
+    return f"recipe jvp, {jac}, grad(trace(jacfwd))"
+
+
+def seed_l2_losses():
+    """The L2 loss of `examples/seed_equinox.py` (`loss_fn`) on the four
+    derivatives of `eqxderiv.derivatives(net, x, t)`: the mean squared residual
+    df/dt - grad div f - 2 J^T f of the heat flow's score Fokker-Planck equation,
+    plus the mean squared error of the initial condition f(x, 0) = -x."""
+
+    def l2(f, df_dt, df_dx, grad_div, x, f0):
+        grad_sq_norm = 2 * jnp.einsum("bij,bi->bj", df_dx, f)  # grad |f|^2
+        residual = df_dt - grad_div - grad_sq_norm
+        initial = f0 + x
+        return jnp.mean(jnp.sum(residual**2, -1)) + jnp.mean(jnp.sum(initial**2, -1))
+
+    def eqx_loss(net, x, t):
+        f0 = ed.Value(net)(x, jnp.zeros_like(t))
+        return l2(*ed.derivatives(net, x, t), x, f0)
+
+    def recipe(jacobian):
+        def loss(net, x, t):
+            f0 = jax.vmap(net)(x, jnp.zeros_like(t))
+            return l2(*recipe_derivatives(net, x, t, jacobian), x, f0)
+
+        return loss
+
+    return {"eqxderiv.derivatives": eqx_loss} | {
+        recipe_name(name): recipe(jac) for name, jac in RECIPE_JACOBIANS.items()
+    }
+
+
+# The noise rate of `examples/fokker_planck.py`'s Ornstein-Uhlenbeck process.
+FPE_BETA = 2.0
+
+
+def fpe_losses(beta=FPE_BETA):
+    """The mean squared score Fokker-Planck residual of
+    `examples/fokker_planck.py`, `R = d_t s - beta/2 (grad div s + J^T (x + 2 s)
+    + s)` (the regulariser its training step adds to denoising score matching;
+    the DSM term, one plain forward pass, is left out), built the example's two
+    ways (`residual`, from `eqxderiv.derivatives`, and `residual_operator`, by
+    operator arithmetic) and by the hand-written recipes."""
+    c = 0.5 * beta
+
+    def residual(s, df_dt, df_dx, grad_div, x):
+        grad_phi = jnp.einsum("...ij,...i->...j", df_dx, x + 2 * s) + s
+        return df_dt - c * (grad_div + grad_phi)
+
+    def mean_sq(r):
+        return jnp.mean(jnp.sum(r**2, -1))
+
+    def eqx_loss(net, x, t):
+        return mean_sq(residual(*ed.derivatives(net, x, t), x))
+
+    def operator_loss(net, x, t):
+        def phi(x, t):
+            v = net(x, t)
+            return jnp.dot(x + v, v)  # x . s + |s|^2
+
+        r = ed.TimeDerivative(net) - c * ed.GradDiv(net) - c * ed.Grad(phi)
+        return mean_sq(r(x, t))
+
+    def recipe(jacobian):
+        def loss(net, x, t):
+            return mean_sq(residual(*recipe_derivatives(net, x, t, jacobian), x))
+
+        return loss
+
+    return {
+        "eqxderiv.derivatives": eqx_loss,
+        "eqxderiv operators": operator_loss,
+    } | {recipe_name(name): recipe(jac) for name, jac in RECIPE_JACOBIANS.items()}
+
+
+HEAT, SEED_L2, SCORE_FPE = "heat PINN step", "L2 on derivatives step", "score FPE step"
+
+
+def training_groups(task, net):
+    """`(fns, best_of)` of a training task: its contenders, as training steps of
+    `net`, and the names of the recipes the fastest of which is the anchor."""
+    losses = {HEAT: heat_losses, SEED_L2: seed_l2_losses, SCORE_FPE: fpe_losses}
+    static = eqx.partition(net, eqx.is_inexact_array)[1]
+    fns = {name: training_step(f, static) for name, f in losses[task]().items()}
+    best_of = () if task == HEAT else tuple(map(recipe_name, RECIPE_JACOBIANS))
+    return fns, best_of
+
+
+# --- Architecture sweep -----------------------------------------------------
+
+
+def _space_time(x, t):
+    return jnp.concatenate([x, jnp.reshape(t, (1,)).astype(x.dtype)])
+
+
+class ResidualMLP(eqx.Module):
+    """A pre-LayerNorm residual MLP over `concatenate(x, t)`: a linear embedding,
+    `depth` blocks `h + Linear(tanh(LayerNorm(h)))`, a linear read-out."""
+
+    embed: eqx.nn.Linear
+    norms: tuple[eqx.nn.LayerNorm, ...]
+    blocks: tuple[eqx.nn.Linear, ...]
+    readout: eqx.nn.Linear
+
+    def __init__(self, d, out, width, depth, *, key):
+        keys = jax.random.split(key, depth + 2)
+        self.embed = eqx.nn.Linear(d + 1, width, key=keys[0])
+        self.norms = tuple(eqx.nn.LayerNorm(width) for _ in range(depth))
+        self.blocks = tuple(eqx.nn.Linear(width, width, key=k) for k in keys[1:-1])
+        self.readout = eqx.nn.Linear(width, out, key=keys[-1])
+
+    def __call__(self, x, t):
+        h = self.embed(_space_time(x, t))
+        for norm, block in zip(self.norms, self.blocks):
+            h = h + block(jnp.tanh(norm(h)))
+        return self.readout(h)
+
+
+class FourierMLP(eqx.Module):
+    """A tanh MLP on random Fourier features of `concatenate(x, t)`:
+    `[sin(2 pi B z), cos(2 pi B z)]`, `B` with `features` rows of N(0, 1)."""
+
+    B: jax.Array
+    mlp: eqx.nn.MLP
+
+    def __init__(self, d, out, features, width, depth, *, key):
+        kb, km = jax.random.split(key)
+        self.B = jax.random.normal(kb, (features, d + 1))
+        self.mlp = eqx.nn.MLP(
+            2 * features, out, width, depth, activation=jnp.tanh, key=km
+        )
+
+    def __call__(self, x, t):
+        z = 2 * jnp.pi * self.B @ _space_time(x, t)
+        return self.mlp(jnp.concatenate([jnp.sin(z), jnp.cos(z)]))
+
+
+SWEEP_ACTIVATIONS = {
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "softplus": jax.nn.softplus,
+    "sin": jnp.sin,
+}
+
+
+def sweep_models(width, depth):
+    """`(name, make(d, key))` of the sweep's networks, sized from the seed net's
+    `width` and `depth`: deeper (4 x 2 width), wider (depth x 4 width), residual
+    with LayerNorm (4 x width), Fourier features (width / 2 frequencies, then
+    depth x width), and the seed shape with other activations."""
+    w, m = width, max(1, width // 2)
+    models = [
+        (
+            f"deeper tanh MLP (4 × {2 * w})",
+            lambda d, key: ed.SpaceTimeMLP(d, d, 2 * w, 4, key=key),
+        ),
+        (
+            f"wider tanh MLP ({depth} × {4 * w})",
+            lambda d, key: ed.SpaceTimeMLP(d, d, 4 * w, depth, key=key),
+        ),
+        (
+            f"residual MLP + LayerNorm (4 × {w})",
+            lambda d, key: ResidualMLP(d, d, w, 4, key=key),
+        ),
+        (
+            f"Fourier features ({m}) + tanh MLP ({depth} × {w})",
+            lambda d, key: FourierMLP(d, d, m, w, depth, key=key),
+        ),
+    ]
+    for name, act in SWEEP_ACTIVATIONS.items():
+        models.append(
+            (
+                f"{name} MLP ({depth} × {w})",
+                lambda d, key, act=act: ed.SpaceTimeMLP(
+                    d, d, w, depth, activation=act, key=key
+                ),
+            )
+        )
+    return models
+
+
+DIV_RECIPES = ("trace(vmap(jacobian))", "trace(vmap(jacfwd))")
+
+
+def sweep_recipes(net):
+    """quantity -> `(fns, best_of)`: the forward quantities of the sweep, each
+    contender a function of batched `(x, t)`."""
+
+    def trace_of(jacobian):
+        vj = jax.vmap(jacobian(net))
+        return lambda x, t: jnp.trace(vj(x, t), axis1=-2, axis2=-1)
+
+    grad_div = jax.vmap(jax.grad(lambda x, t: jnp.trace(jax.jacfwd(net)(x, t))))
+    out = {}
+    if folx is not None:  # the Laplacian's anchor, and the reference it is checked by
+        laplacian = {
+            "eqxderiv": lambda x, t: ed.Laplacian(net)(x, t),
+            "folx forward_laplacian": jax.vmap(folx_laplacian_of(net)),
+        }
+        out["laplacian"] = (laplacian, ())
+    return out | {
+        "divergence": (
+            {
+                "eqxderiv": lambda x, t: ed.Divergence(net)(x, t),
+                DIV_RECIPES[0]: trace_of(jax.jacobian),
+                DIV_RECIPES[1]: trace_of(jax.jacfwd),
+            },
+            DIV_RECIPES,
+        ),
+        "grad-div": (
+            {
+                "eqxderiv": lambda x, t: ed.GradDiv(net)(x, t),
+                "vmap(grad(trace(jacfwd)))": grad_div,
+            },
+            (),
+        ),
+    }
+
+
 # The exact Laplacian is run at large d up to this size (on the seed net it never
 # forms the d x d identity of its directions; see `eqxderiv.Taylor`).
 EXACT_LARGE_D = 100_000
@@ -197,24 +523,28 @@ def _memory_mb(compiled):
     ) / 2**20
 
 
-def compile_fn(fn: Callable | SeparateCalls, x, t):
-    """Returns `(run, compile_s, memory_mb)`, `run(x, t)` calling compiled code."""
+def compile_fn(fn: Callable | SeparateCalls, args: tuple):
+    """Returns `(run, compile_s, memory_mb)`, `run(*args)` calling compiled code."""
     start = time.perf_counter()
     if not isinstance(fn, SeparateCalls):
-        compiled = jax.jit(fn).lower(x, t).compile()
+        compiled = jax.jit(fn).lower(*args).compile()
         return compiled, time.perf_counter() - start, _memory_mb(compiled)
-    parts = [jax.jit(f).lower(x, t).compile() for f in fn.parts]
-    shapes = [jax.eval_shape(f, x, t) for f in fn.parts]
+    parts = [jax.jit(f).lower(*args).compile() for f in fn.parts]
+    shapes = [jax.eval_shape(f, *args) for f in fn.parts]
     combine = jax.jit(fn.combine).lower(*shapes).compile()
     compile_s = time.perf_counter() - start
     # The programs run one after the other: the peak is the largest of them.
     mems = [_memory_mb(c) for c in parts]
     memory = None if None in mems else max(m for m in mems if m is not None)
 
-    def run(x, t):
-        return combine(*[c(x, t) for c in parts])
+    def run(*args):
+        return combine(*[c(*args) for c in parts])
 
     return run, compile_s, memory
+
+
+# eqxderiv's own contenders are named with one of these prefixes.
+OURS = ("eqxderiv", "Hutchinson", "SparseSampling")
 
 
 # A contender whose warm-up run takes longer than this, or whose program needs more
@@ -225,22 +555,94 @@ HEAVY_S = 0.25
 HEAVY_MB = 512.0
 
 
-def _time(run, x, t):
+def _time(run, args):
     start = time.perf_counter()
-    jax.block_until_ready(run(x, t))
+    jax.block_until_ready(run(*args))
     return time.perf_counter() - start
 
 
+# Two contenders computing the same thing exactly (up to the order of float32
+# operations) agree to this, relative to the size of each output array. (On the
+# training steps and the sweep at d = 32 and 128 the largest difference seen was
+# about 3e-6.)
+CHECK_RTOL = 1e-4
+
+
+def max_rel_error(out, ref) -> float:
+    """The largest difference between two outputs (pytrees of arrays: a value, or
+    a loss and its parameter gradient), each array's relative to that array's
+    largest entry (floored at 1e-6 of the largest entry of all, for arrays that
+    are exactly zero, such as the gradient of a bias a loss does not see);
+    infinite if the structures differ or `out` is not finite."""
+    a, b = jax.tree.leaves(out), jax.tree.leaves(ref)
+    if jax.tree.structure(out) != jax.tree.structure(ref):
+        return math.inf
+    a = [np.asarray(u, np.float64) for u in a]
+    b = [np.asarray(v, np.float64) for v in b]
+    if any(u.shape != v.shape or not np.all(np.isfinite(u)) for u, v in zip(a, b)):
+        return math.inf
+    top = max((float(np.max(np.abs(v))) for v in b if v.size), default=0.0)
+    worst = 0.0
+    for u, v in zip(a, b):
+        if v.size:
+            scale = max(float(np.max(np.abs(v))), 1e-6 * top, 1e-30)
+            worst = max(worst, float(np.max(np.abs(u - v))) / scale)
+    return worst
+
+
+def _verify(results, outputs):
+    """Checks every contender's output against the group's reference: the last
+    hand-written contender that ran (normally the anchor, the last row). A
+    contender that disagrees is marked and left out of the timing."""
+    ran = list(outputs)
+    if not ran:
+        return
+    theirs = [n for n in ran if not n.startswith(OURS)]
+    ref = theirs[-1] if theirs else None
+    for name in ran:
+        r = results[name]
+        if ref is None:
+            r.note = "not verified: no hand-written contender ran"
+        elif name != ref:
+            r.check_err = max_rel_error(outputs[name], outputs[ref])
+            if not r.check_err <= CHECK_RTOL:
+                r.note = f"wrong result (rel. error {r.check_err:.1e} to {ref})"
+    if ref is not None:
+        results[ref].check_err = 0.0
+    for name in ran:
+        if results[name].note:
+            del outputs[name]
+
+
 def run_group(
-    quantity, fns, x, t, d, model, repeats, memory_limit_mb, progress, heavy_repeats
+    quantity,
+    fns,
+    args,
+    d,
+    model,
+    repeats,
+    memory_limit_mb,
+    progress,
+    heavy_repeats,
+    *,
+    section="",
+    verify=False,
+    best_of=(),
 ):
-    """Compiles each contender, then times them (light ones interleaved)."""
-    results, compiled, heavy = {}, {}, {}
+    """Compiles each contender, then times them (light ones interleaved).
+
+    `args` is the tuple every contender is called on: `(x, t)`, or
+    `(params, x, t)` for a training step. With `verify`, every contender's
+    warm-up output is checked against the reference's (see `_verify`) before
+    any timing, and one that disagrees is not timed. With `best_of` (names of
+    contenders), the fastest of those is marked as the group's anchor.
+    """
+    results, compiled, heavy, outputs = {}, {}, {}, {}
     for name, fn in fns.items():
-        r = Result(quantity, name, d, model)
+        r = Result(quantity, name, d, model, section=section)
         results[name] = r
         try:
-            c, r.compile_s, r.memory_mb = compile_fn(fn, x, t)
+            c, r.compile_s, r.memory_mb = compile_fn(fn, args)
         except Exception as e:  # noqa: BLE001 - a failing contender is reported
             r.note = f"failed to compile: {type(e).__name__}"
             continue
@@ -248,27 +650,44 @@ def run_group(
             r.note = f"out of memory (needs {r.memory_mb / 1024:.1f} GiB)"
             continue
         try:
-            warm = _time(c, x, t)
+            start = time.perf_counter()
+            out = jax.block_until_ready(c(*args))
+            warm = time.perf_counter() - start
         except Exception as e:  # noqa: BLE001
             r.note = f"failed to run: {type(e).__name__}"
             continue
+        if verify:
+            outputs[name] = out
         big = r.memory_mb is not None and r.memory_mb > HEAVY_MB
         (heavy if warm > HEAVY_S or big else compiled)[name] = c
+    if verify:
+        _verify(results, outputs)
+        compiled = {n: c for n, c in compiled.items() if n in outputs}
+        heavy = {n: c for n, c in heavy.items() if n in outputs}
     times = {name: [] for name in (*compiled, *heavy)}
     for _ in range(repeats):
         for name, c in compiled.items():
-            times[name].append(_time(c, x, t))
+            times[name].append(_time(c, args))
         progress.update(1)
     for name, c in heavy.items():
-        times[name] = [_time(c, x, t) for _ in range(heavy_repeats)]
+        times[name] = [_time(c, args) for _ in range(heavy_repeats)]
         results[name].alone = True
     for name, ts in times.items():
         results[name].run_ms = 1e3 * statistics.median(ts)
+    timed = [results[n] for n in best_of if results[n].run_ms is not None]
+    if timed:
+        min(timed, key=lambda r: r.run_ms).anchor = True
     return list(results.values())
 
 
 def fmt(v, spec):
     return "—" if v is None else format(v, spec)
+
+
+def group_anchor(rs: list[Result]) -> Result:
+    """The anchor of a group's ratios: the contender marked as its anchor (the
+    fastest of several recipes), else the last one."""
+    return next((r for r in rs if r.anchor), rs[-1])
 
 
 def table(results: list[Result]) -> str:
@@ -281,7 +700,7 @@ def table(results: list[Result]) -> str:
     for r in results:
         groups.setdefault((r.model, r.d, r.quantity), []).append(r)
     for (model, d, quantity), rs in groups.items():
-        anchor = rs[-1]  # the last contender of each group is its anchor
+        anchor = group_anchor(rs)
         for r in rs:
             ratio = (
                 r.run_ms / anchor.run_ms
@@ -296,8 +715,9 @@ def table(results: list[Result]) -> str:
             run = fmt(r.run_ms, ".3g") if not r.note else r.note
             if r.alone:
                 run += " †"
+            name = f"{r.name} ‡" if r.anchor else r.name
             lines.append(
-                f"| {model} | {d} | {quantity} | {r.name} | {run} | "
+                f"| {model} | {d} | {quantity} | {name} | {run} | "
                 f"{fmt(ratio, '.2f')} | {fmt(r.compile_s, '.2f')} | "
                 f"{fmt(cratio, '.2f')} | {fmt(r.memory_mb, '.3g')} |"
             )
@@ -378,6 +798,66 @@ def bars(results, model, d, checked=True):
     return head + "\n" + "\n".join(checks)
 
 
+# The bars of the training steps and of the sweep, checked on every model and d
+# of their section: (quantity, contender, attribute, bar), the ratio being
+# against the group's anchor; a bar of None is information only.
+TRAINING_BARS = [
+    (HEAT, "eqxderiv TimeDerivative - Laplacian", "run_ms", 0.9),
+    (HEAT, "eqxderiv TimeDerivative - Laplacian", "compile_s", 1.5),
+    (SEED_L2, "eqxderiv.derivatives", "run_ms", 0.4),
+    (SEED_L2, "eqxderiv.derivatives", "compile_s", 1.5),
+    (SCORE_FPE, "eqxderiv.derivatives", "run_ms", 0.4),
+    (SCORE_FPE, "eqxderiv.derivatives", "compile_s", 1.5),
+    (SCORE_FPE, "eqxderiv operators", "run_ms", None),
+    (SCORE_FPE, "eqxderiv operators", "compile_s", None),
+]
+SWEEP_BARS = [
+    ("laplacian", "eqxderiv", "run_ms", 0.9),
+    ("divergence", "eqxderiv", "run_ms", 0.8),
+    ("grad-div", "eqxderiv", "run_ms", None),
+]
+# section -> (title, bars).
+SECTIONS = {
+    "training": ("Training steps", TRAINING_BARS),
+    "sweep": ("Architecture sweep", SWEEP_BARS),
+}
+
+
+def section_bars(results, spec, checked=True):
+    """The bars of one section's results, one row per group and bar."""
+    groups: dict[tuple, list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.model, r.d, r.quantity), []).append(r)
+    rows = []
+    for (model, d, quantity), rs in groups.items():
+        anchor = group_anchor(rs)
+        for q, name, attr, bar in spec:
+            ours = next((r for r in rs if r.name == name), None)
+            if q != quantity or ours is None:
+                continue
+            va, vb = getattr(ours, attr), getattr(anchor, attr)
+            ratio = None if va is None or not vb else va / vb
+            what = "time" if attr == "run_ms" else "compile time"
+            if bar is None:
+                status, bar_text = "information", "—"
+            elif not checked:
+                status, bar_text = SMOKE_VERDICT, f"≤ {bar}"
+            else:
+                status = (
+                    "n/a" if ratio is None else ("PASS" if ratio <= bar else "FAIL")
+                )
+                bar_text = f"≤ {bar}"
+            rows.append(
+                f"| {model} | {d} | {quantity} | {name} / {anchor.name} ({what}) | "
+                f"{fmt(ratio, '.3f')} | {bar_text} | {status} |"
+            )
+    head = [
+        "| model | d | quantity | ratio | measured | bar | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + rows)
+
+
 def _curves(ax, results, model, quantities, title):
     for q in quantities:
         names = []
@@ -427,21 +907,35 @@ def plot(results, path, model):
 def render(data, out, tag):
     """Writes `<out>/<tag>.md` and `<out>/<tag>.png` from the raw results."""
     results = [Result(**r) for r in data["results"]]
-    text = "\n\n".join(
-        [
-            data["header"],
-            "### Bars\n\n"
-            + (
-                "(A `--quick` smoke run: the sizes are too small for these "
-                "ratios to mean anything; the bars are judged on a full run.)\n\n"
-                if data["quick"]
-                else ""
-            )
-            + bars(results, "seed net", data["bar_d"], checked=not data["quick"]),
-            "### All results\n\n" + table(results),
-            f"![time against d](./{tag}.png)",
-        ]
+    smoke = (
+        "(A `--quick` smoke run: the sizes are too small for these "
+        "ratios to mean anything; the bars are judged on a full run.)\n\n"
+        if data["quick"]
+        else ""
     )
+    operators = [r for r in results if not r.section]
+    parts = [
+        data["header"],
+        "### Bars\n\n"
+        + smoke
+        + bars(operators, "seed net", data["bar_d"], checked=not data["quick"]),
+        "### All results\n\n" + table(operators),
+        f"![time against d](./{tag}.png)",
+    ]
+    intros = data.get("intros", {})
+    for section, (title, spec) in SECTIONS.items():
+        rs = [r for r in results if r.section == section]
+        if rs:
+            parts += [
+                f"### {title}",
+                intros.get(section, ""),
+                "#### Bars\n\n"
+                + smoke
+                + section_bars(rs, spec, checked=not data["quick"]),
+                "#### Results\n\n" + table(rs),
+            ]
+    text = "\n\n".join(p for p in parts if p)
+    os.makedirs(out, exist_ok=True)
     md = os.path.join(out, f"{tag}.md")
     with open(md, "w") as f:
         f.write(text + "\n")
@@ -478,7 +972,11 @@ def main(argv=None):
         default=3,
         help="runs per contender at the large stochastic d (each takes seconds)",
     )
-    p.add_argument("--out", default="docs/benchmarks")
+    p.add_argument(
+        "--out",
+        help="where to write the table, plot and JSON (default docs/benchmarks, "
+        "or benchmarks/out with --quick)",
+    )
     p.add_argument("--tag", default="cpu")
     p.add_argument(
         "--memory-limit-gb",
@@ -487,7 +985,37 @@ def main(argv=None):
         help="skip contenders whose compiled program needs more memory than this",
     )
     p.add_argument(
-        "--quick", action="store_true", help="a small, fast smoke run (for CI)"
+        "--training",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the training-step groups (value and parameter gradient of a loss)",
+    )
+    p.add_argument(
+        "--training-ds",
+        type=int,
+        nargs="+",
+        default=[3, 32, 128],
+        help="d of the heat-PINN and L2-on-derivatives training steps",
+    )
+    p.add_argument(
+        "--fpe-ds",
+        type=int,
+        nargs="+",
+        default=[3, 32],
+        help="d of the score Fokker-Planck training step",
+    )
+    p.add_argument(
+        "--sweep",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the architecture sweep (Laplacian, divergence, grad-div)",
+    )
+    p.add_argument("--sweep-ds", type=int, nargs="+", default=[32, 128])
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small, fast smoke run (for CI); it runs a tiny version of every "
+        "group, the training steps and the sweep included (unless turned off)",
     )
     p.add_argument(
         "--render",
@@ -497,14 +1025,22 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.render:
         with open(args.render) as f:
-            render(json.load(f), args.out, args.tag)
+            render(json.load(f), args.out or "docs/benchmarks", args.tag)
         return 0
+    # Runs per contender in the training-step and sweep groups.
+    new_repeats = args.repeats
     if args.quick:
         args.ds, args.batch, args.width, args.repeats = [3, 8], 16, 16, 3
         args.heavy_repeats = 2
         args.stochastic_ds = [2_000]
         args.stochastic_repeats = 2
-        args.out = os.path.join("benchmarks", "out")
+        args.training_ds = args.fpe_ds = args.sweep_ds = [3]
+        new_repeats = 2
+    if args.out is None:
+        # A smoke run must never overwrite the published tables.
+        args.out = (
+            os.path.join("benchmarks", "out") if args.quick else "docs/benchmarks"
+        )
     os.makedirs(args.out, exist_ok=True)
 
     models = [("seed net", args.width, args.depth)]
@@ -514,8 +1050,22 @@ def main(argv=None):
     if not args.quick:
         plan.append((deep, 32))
     groups = sum(len(recipes(make_net(3, 4, 1, key), 3)) for _ in plan)
+    training = [
+        (HEAT, args.training_ds),
+        (SEED_L2, args.training_ds),
+        (SCORE_FPE, args.fpe_ds),
+    ]
+    sweep = sweep_models(args.width, args.depth)
+    new_groups = 0
+    if args.training:
+        new_groups += sum(len(ds) for _, ds in training)
+    if args.sweep:
+        per_model = len(sweep_recipes(make_net(3, 4, 1, key)))
+        new_groups += len(args.sweep_ds) * len(sweep) * per_model
     total = (
-        groups * args.repeats + 2 * len(args.stochastic_ds) * args.stochastic_repeats
+        groups * args.repeats
+        + 2 * len(args.stochastic_ds) * args.stochastic_repeats
+        + new_groups * new_repeats
     )
     progress = tqdm(total=total, desc="benchmark", unit="run")
     limit_mb = args.memory_limit_gb * 1024
@@ -530,8 +1080,7 @@ def main(argv=None):
             results += run_group(
                 quantity,
                 fns,
-                x,
-                t,
+                (x, t),
                 d,
                 model,
                 args.repeats,
@@ -549,8 +1098,7 @@ def main(argv=None):
             results += run_group(
                 quantity,
                 fns,
-                x,
-                t,
+                (x, t),
                 d,
                 "seed net",
                 args.stochastic_repeats,
@@ -558,6 +1106,60 @@ def main(argv=None):
                 progress,
                 args.stochastic_repeats,
             )
+    scalar_model = f"scalar tanh MLP ({args.depth} × {args.width})"
+    for i, (task, ds) in enumerate(training if args.training else []):
+        for d in ds:
+            kx, kt, kn = jax.random.split(
+                jax.random.fold_in(jax.random.fold_in(key, d), 100 + i), 3
+            )
+            if task == HEAT:
+                net = ed.SpaceTimeMLP(d, "scalar", args.width, args.depth, key=kn)
+                model = scalar_model
+            else:
+                net, model = make_net(d, args.width, args.depth, kn), "seed net"
+            params = eqx.filter(net, eqx.is_inexact_array)
+            x = jax.random.normal(kx, (args.batch, d))
+            t = jax.random.uniform(kt, (args.batch, 1))
+            fns, best_of = training_groups(task, net)
+            progress.set_postfix_str(f"training d={d} {task}")
+            results += run_group(
+                task,
+                fns,
+                (params, x, t),
+                d,
+                model,
+                new_repeats,
+                limit_mb,
+                progress,
+                args.heavy_repeats,
+                section="training",
+                verify=True,
+                best_of=best_of,
+            )
+    for d in args.sweep_ds if args.sweep else []:
+        for j, (model, make) in enumerate(sweep):
+            kx, kt, kn = jax.random.split(
+                jax.random.fold_in(jax.random.fold_in(key, d), 200 + j), 3
+            )
+            net = make(d, kn)
+            x = jax.random.normal(kx, (args.batch, d))
+            t = jax.random.uniform(kt, (args.batch, 1))
+            for quantity, (fns, best_of) in sweep_recipes(net).items():
+                progress.set_postfix_str(f"sweep d={d} {model} {quantity}")
+                results += run_group(
+                    quantity,
+                    fns,
+                    (x, t),
+                    d,
+                    model,
+                    new_repeats,
+                    limit_mb,
+                    progress,
+                    args.heavy_repeats,
+                    section="sweep",
+                    verify=True,
+                    best_of=best_of,
+                )
     progress.close()
 
     device = jax.devices()[0]
@@ -570,17 +1172,68 @@ def main(argv=None):
         f"{args.repeats} interleaved runs ({args.heavy_repeats} for a heavy "
         f"contender, {args.stochastic_repeats} at the stochastic sizes); memory "
         "is the compiled program's arguments + outputs + temporaries (for "
-        "separate calls, the largest of their programs). In each group the last "
-        "row is the anchor of the ratios. The seed recipes are what the original "
-        "question wrote by hand, one `jax.vmap` of `jax.jacobian` per quantity "
-        "(of `x` for df/dx, of `t` for df/dt, of the trace of the Jacobian for "
-        "the gradient of the divergence), and `trace(jax.hessian)` for the "
+        "separate calls, the largest of their programs). In each group the last row "
+        "is the anchor of the ratios, unless a row is marked ‡: the anchor is then "
+        "the fastest of several hand-written recipes. The seed recipes are what the "
+        "original question wrote by hand, one `jax.vmap` of `jax.jacobian` per "
+        "quantity (of `x` for df/dx, of `t` for df/dt, of the trace of the Jacobian "
+        "for the gradient of the divergence), and `trace(jax.hessian)` for the "
         "Laplacian; a residual's seed recipe is the sum of its terms' recipes. "
         f"† marks a heavy contender (warm-up over {HEAVY_S} s or program over "
         f"{HEAVY_MB:.0f} MiB), timed on its own after the interleaved ones."
     )
+    runs = (
+        f"Median of {new_repeats} interleaved runs per contender "
+        f"({args.heavy_repeats} for a heavy one, †), batch {args.batch}, float32. "
+        "Before any timing, every contender's output was checked against the "
+        "group's reference (its last hand-written contender) to a relative "
+        f"{CHECK_RTOL:.0e} of each output array, so that a wrong contender cannot "
+        "be timed. The bars apply at every d and to every model."
+    )
+    intros = {
+        "training": (
+            "One training step: `eqx.filter_value_and_grad` of a loss with respect "
+            "to the network, jitted, the parameters an argument of the compiled "
+            "program (run time, compile time and memory are those of the whole "
+            f"step: the loss and its parameter gradient). {runs}\n\n"
+            f"- **{HEAT}**: a scalar tanh MLP u(x, t) ({args.depth} hidden layers "
+            f"of {args.width}) and the loss mean((∂u/∂t − Δu)²), the residual of "
+            "`examples/heat_pinn.py`: eqxderiv's `TimeDerivative(u) - "
+            "Laplacian(u)` against folx's `forward_laplacian` plus one `jax.jvp` "
+            "along t (the anchor), and nested autodiff (the trace of "
+            "`jax.hessian` plus the same `jax.jvp`).\n"
+            f"- **{SEED_L2}**: the L2 loss of `examples/seed_equinox.py` on the "
+            "four outputs of `eqxderiv.derivatives(net, x, t)` (value, df/dt, "
+            "df/dx and grad div f of the seed net): mean |df/dt − ∇(∇·f) − "
+            "2 Jᵀf|² + mean |f(x, 0) + x|². Against the best hand-written recipe: "
+            "one `jax.jvp` along t for the value and df/dt, `jax.jacfwd` or "
+            "`jax.jacrev` for df/dx, `jax.grad` of the trace of `jax.jacfwd` for "
+            "grad div f, each `vmap`ped; the faster of the two (‡) is the anchor.\n"
+            f"- **{SCORE_FPE}**: the mean squared score Fokker-Planck residual of "
+            "`examples/fokker_planck.py`, R = ∂s/∂t − β/2 (∇(∇·s) + Jᵀ(x + 2s) "
+            f"+ s) with β = {FPE_BETA:g}, the seed net as the score s; eqxderiv "
+            "both ways the example builds it (from `eqxderiv.derivatives`, which "
+            "the bars judge, and by operator arithmetic, `TimeDerivative(s) - "
+            "c * GradDiv(s) - c * Grad(phi)`), against the same recipes. The "
+            "example's denoising-score-matching term (one forward pass, alike for "
+            "every contender) is left out."
+        ),
+        "sweep": (
+            "Forward quantities of other networks than the seed net, each over "
+            "(x, t) with output d: deeper and wider tanh MLPs, a pre-LayerNorm "
+            "residual MLP (blocks h + Linear(tanh(LayerNorm(h)))), a tanh MLP on "
+            "random Fourier features [sin 2πBz, cos 2πBz] of z = (x, t), and the "
+            f"seed net's shape ({args.depth} hidden layers of {args.width}) with "
+            "the activations gelu, silu, softplus and sin. Anchors: folx's "
+            "`forward_laplacian` for the Laplacian; the faster (‡) of "
+            "`trace(vmap(jax.jacobian))` and `trace(vmap(jax.jacfwd))` for the "
+            "divergence; `vmap(grad(trace(jacfwd)))` for grad div f (no bar). "
+            f"{runs}"
+        ),
+    }
     data = {
         "header": header,
+        "intros": intros,
         "bar_d": 32 if 32 in args.ds else args.ds[-1],
         "quick": args.quick,
         "results": [dataclasses.asdict(r) for r in results],
@@ -591,12 +1244,11 @@ def main(argv=None):
     render(data, args.out, args.tag)
     print(f"wrote {raw}", file=sys.stderr)
     # Anchors may run out of memory; eqxderiv's own contenders must not fail.
-    ours = ("eqxderiv", "Hutchinson", "SparseSampling")
-    eqx_failed = [r for r in results if r.run_ms is None and r.name.startswith(ours)]
+    eqx_failed = [r for r in results if r.run_ms is None and r.name.startswith(OURS)]
     if eqx_failed:
         print(f"eqxderiv contenders failed: {eqx_failed}", file=sys.stderr)
         return 1
-    timed = [r for r in results if r.run_ms is not None and r.name.startswith(ours)]
+    timed = [r for r in results if r.run_ms is not None and r.name.startswith(OURS)]
     if not timed:
         print("no eqxderiv contender was timed", file=sys.stderr)
         return 1
