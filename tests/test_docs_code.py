@@ -5,6 +5,7 @@ import pathlib
 import re
 import warnings
 
+import jax
 import pytest
 
 
@@ -18,7 +19,13 @@ def test_page_code_runs(page):
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     assert blocks, page
     namespace: dict = {}
-    with warnings.catch_warnings():
+    # The pages show code as a user runs it, under JAX's default promotion rules
+    # (optax's Adam, for one, mixes a Python float with an int32 step count).
+    defaults = (
+        jax.numpy_dtype_promotion("standard"),
+        jax.numpy_rank_promotion("allow"),
+    )
+    with warnings.catch_warnings(), defaults[0], defaults[1]:
         # A FallbackWarning here would mean a block's rule was not used.
         warnings.simplefilter("error")
         for block in blocks:
