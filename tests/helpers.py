@@ -371,13 +371,21 @@ def check_jet(fn, primals, tangents, weights, rtol=1e-10, atol=1e-10):
     return got
 
 
+def uncached():
+    """A context without the compilation cache of eager operator calls, which
+    answers a call it has seen before without tracing anything: for tests that
+    count traces, or whose fields read Python state at trace time."""
+    import eqxderiv._batching as batching
+
+    return mock.patch.object(batching, "_compiled", batching.batched_work)
+
+
 def separate_evaluations(op: Callable, x: Array, t: Array | None = None) -> int:
     """How many separate evaluations of a wrapped field tracing `op(x, t)` costs:
     one per propagation of a method (one for every group of named derivatives
     that fused) plus one per plain field left on its own in the arithmetic. What
     fusion saves, counted without looking at how the operator is built."""
     import eqxderiv._abstract_derivative as derivative
-    import eqxderiv._batching as batching
     import eqxderiv._operator as operator
 
     count = [0]
@@ -393,9 +401,6 @@ def separate_evaluations(op: Callable, x: Array, t: Array | None = None) -> int:
         for module, name in ((derivative, "trace_field"), (operator, "call_field")):
             original = getattr(module, name)
             stack.enter_context(mock.patch.object(module, name, counting(original)))
-        # Without the compilation cache of eager calls, which would answer a call
-        # seen before without tracing anything.
-        work = batching.batched_work
-        stack.enter_context(mock.patch.object(batching, "_compiled", work))
+        stack.enter_context(uncached())
         jax.make_jaxpr(lambda x_, t_: op(x_, t_))(x, t)
     return count[0]

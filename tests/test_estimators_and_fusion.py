@@ -38,6 +38,7 @@ from helpers import (
     expected,
     reference,
     rng,
+    uncached,
 )
 from jax.extend import core
 
@@ -89,7 +90,10 @@ def fixed_probes(monkeypatch):
 
     patch(eqxderiv.Hutchinson)
     patch(eqxderiv.SparseSampling)
-    yield
+    # The patched draw reads `_PROBES` when traced: no call may be answered from
+    # the compilation cache of an earlier one with other probes.
+    with uncached():
+        yield
     _PROBES[0] = None
 
 
@@ -308,7 +312,8 @@ def _cost(fn, x, t) -> tuple[int, int]:
     value, of the tangents, of the second-order term, or transposed in reverse
     mode); the counts are of equations, not FLOPs."""
     calls = [0]
-    jaxpr = jax.make_jaxpr(lambda x, t: fn(calls, x, t))(x, t)
+    with uncached():  # every call traced, none answered from the cache
+        jaxpr = jax.make_jaxpr(lambda x, t: fn(calls, x, t))(x, t)
     return calls[0], _count(jaxpr.jaxpr, "dot_general")
 
 
