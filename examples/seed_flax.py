@@ -58,13 +58,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _seed import check_derivatives, loss_fn as fokker_planck_loss, report, sample
 from flax.training import train_state
 
 import eqxderiv
-
-
-# float32 tolerances for comparing two exact autodiff computations.
-RTOL, ATOL = 1e-4, 1e-5
 
 
 class NN(nn.Module):
@@ -116,69 +113,16 @@ def answer_recipe(net, params_net, x, t):
     return ref_f, ref_dx, ref_dt, ref_div, ref_grad_div
 
 
-def check_derivatives(net, params_net, x, t):
-    """Steps 1 and 2: eqxderiv against the answer's recipe and nested autodiff."""
-    batch_size, d = x.shape
-    field = eqxderiv.from_flax(net, params_net)
-    (out_f, df_dx, df_dt, div, grad_div), one_pass = by_operators(field, x, t)
-    f2, df_dt2, df_dx2, grad_div2 = one_pass
-    print("eqxderiv operators:")
-    print(f"  value          {out_f.shape}")
-    print(f"  df/dx          {df_dx.shape}")
-    print(f"  df/dt          {df_dt.shape}")
-    print(f"  div f          {div.shape}")
-    print(f"  grad div f     {grad_div.shape}")
-    print("eqxderiv.derivatives(field, x, t):")
-    print(f"  {f2.shape}, {df_dt2.shape}, {df_dx2.shape}, {grad_div2.shape}")
-    expected = {
-        "value": (out_f, (batch_size, d)),
-        "df/dx": (df_dx, (batch_size, d, d)),
-        "df/dt": (df_dt, (batch_size, d)),
-        "div f": (div, (batch_size,)),
-        "grad div f": (grad_div, (batch_size, d)),
-    }
-    for name, (array, shape) in expected.items():
-        np.testing.assert_equal(array.shape, shape, err_msg=name)
-
-    ref_f, ref_dx, ref_dt, ref_div, ref_grad_div = answer_recipe(net, params_net, x, t)
-
-    checks = [
-        ("value", out_f, ref_f),
-        ("df/dx", df_dx, ref_dx),
-        ("df/dt", df_dt, ref_dt),
-        ("div f", div, ref_div),
-        ("grad div f", grad_div, ref_grad_div),
-        ("derivatives: value", f2, ref_f),
-        ("derivatives: df/dt", df_dt2, ref_dt),
-        ("derivatives: df/dx", df_dx2, ref_dx),
-        ("derivatives: grad div f", grad_div2, ref_grad_div),
-    ]
-    for name, ours, ref in checks:
-        np.testing.assert_allclose(ours, ref, rtol=RTOL, atol=ATOL, err_msg=name)
-    print(f"All {len(checks)} quantities match jax.vmap(jax.jacobian(...)) recipes.")
-
-
-def exact_score(x, t):
-    """The score of N(0, (1 + 2t) I), the heat flow of N(0, I)."""
-    return -x / (1 + 2 * t)
-
-
-def sample(key, n, d):
-    """Fresh training points: t ~ U(0, 1), x ~ N(0, (1 + 2t) I)."""
-    kt, kx = jax.random.split(key)
-    t = jax.random.uniform(kt, (n, 1))
-    x = jnp.sqrt(1 + 2 * t) * jax.random.normal(kx, (n, d))
-    return x, t
+def check(net, params_net, x, t):
+    """Steps 1 and 2 (see `_seed.check_derivatives`)."""
+    named, one_pass = by_operators(eqxderiv.from_flax(net, params_net), x, t)
+    reference = answer_recipe(net, params_net, x, t)
+    check_derivatives(named, one_pass, reference, x, "field")
 
 
 def loss_fn(params, net, x, t):
-    """Mean squared score Fokker-Planck residual plus the initial condition."""
-    field = eqxderiv.from_flax(net, params)
-    f, df_dt, df_dx, grad_div = eqxderiv.derivatives(field, x, t)
-    grad_sq_norm = 2 * jnp.einsum("bij,bi->bj", df_dx, f)  # grad |f|^2 = 2 J^T f
-    residual = df_dt - grad_div - grad_sq_norm
-    initial = eqxderiv.Value(field)(x, jnp.zeros_like(t)) - exact_score(x, 0.0)
-    return jnp.mean(jnp.sum(residual**2, -1)) + jnp.mean(jnp.sum(initial**2, -1))
+    """The score Fokker-Planck loss of `_seed.loss_fn`, of the linen model."""
+    return fokker_planck_loss(eqxderiv.from_flax(net, params), x, t)
 
 
 def train(net, model_state, steps, key, train_batch=64, every=50):
@@ -216,7 +160,7 @@ def main(steps: int) -> None:
     assert isinstance(out_net, jax.Array)  # not a (output, state) pair
     print(f"net.apply(params, x, t): {out_net.shape}")
 
-    check_derivatives(net, params_net, x, t)
+    check(net, params_net, x, t)
 
     optimizer = optax.adam(1e-3)
     model_state = train_state.TrainState.create(
@@ -228,23 +172,10 @@ def main(steps: int) -> None:
     model_state, losses = train(net, model_state, steps, jax.random.PRNGKey(0))
     print(f"  ({time.perf_counter() - start:.1f} s, including compilation)")
 
-    window = min(20, max(1, steps // 5))
-    first, last = losses[:window].mean(), losses[-window:].mean()
-    print(f"Mean loss over the first {window} steps: {first:.4f}, last: {last:.4f}")
+    def predict(x, t):
+        return model_state.apply_fn(model_state.params, x, t)
 
-    xs, ts = sample(jax.random.PRNGKey(1), 1000, d)
-    learned = model_state.apply_fn(model_state.params, xs, ts)
-    error = jnp.sqrt(jnp.mean(jnp.sum((learned - exact_score(xs, ts)) ** 2, -1)))
-    print(f"RMS error against the exact score -x / (1 + 2t): {float(error):.4f}")
-
-    if steps < 100:
-        print("(Fewer than 100 steps: the check that the loss falls is skipped.)")
-    elif not last < 0.5 * first:
-        raise SystemExit(
-            f"FAILED: the loss did not fall enough ({first:.4f} -> {last:.4f})."
-        )
-    else:
-        print("The loss fell below half its initial value.")
+    report(losses, steps, predict, d)
 
 
 if __name__ == "__main__":
