@@ -225,7 +225,7 @@ class _Fused(AbstractOperator):
         out, d = program.out.shape, x.shape[-1]
         size = math.prod(out)
         call, forward = _flat(program.call), _flat(program.forward)
-        field = FieldProgram(call, forward, program.reverse, size)
+        field = FieldProgram(call, forward, program.reverse, size, program.collapsible)
         q = self.method.compute(field, x, t, self.needs, outer)
         terms = []
         for c, k, sel in zip(self.coeffs, self.kinds, self.selects):

@@ -6,7 +6,9 @@ Imports nothing else from eqxderiv. Layout: `jet.py` (the data types and small
 helpers), `registry.py` (the rule table, `register_rule`, the nested-autodiff
 fallback), `interpreter.py`, `rules/` (the rules, registered on import),
 `compression.py` (fewer directions where the computation narrows),
-`contraction.py` (a divergence before the last linear layer), `entry.py` (the
+`contraction.py` (a divergence before the last linear layer),
+`factored.py` (the divergence in closed form for two-layer fields, with
+`structure.py`: which equations are elementwise), `entry.py` (the
 entry points) and `program.py` (what the methods need to know of a field's
 program).
 """
@@ -17,10 +19,12 @@ from .entry import (
     collapsed_jet_contracted as collapsed_jet_contracted,
     compressed_second as compressed_second,
 )
+from .factored import divergence_in_closed_form as divergence_in_closed_form
 from .jet import Jet as Jet, JetContext as JetContext, Rule as Rule
 from .program import trace_field as trace_field
 from .registry import (
     FallbackWarning as FallbackWarning,
     RuleInfo as RuleInfo,
     register_rule as register_rule,
+    warn_nested_second_derivatives as warn_nested_second_derivatives,
 )

@@ -101,14 +101,16 @@ def contract(
     """
     w = weights.astype(t.dtype)
     tail = linear_tail(jaxpr, env) if jaxpr.outvars else None
-    if tail is not None:
+    mid_t = None if tail is None else env[tail[0]].tangent
+    # Only through a real intermediate: the transpose of a map from complex
+    # values (`real`) is complex, and its inner product with complex tangents
+    # would carry an imaginary part that the output's real tangents lack.
+    if tail is not None and mid_t is not None and mid_t.dtype == t.dtype:
         mid, linear = tail
-        mid_jet = env[mid]
-        assert mid_jet.tangent is not None
-        struct = jax.ShapeDtypeStruct(jnp.shape(mid_jet.primal), mid_jet.tangent.dtype)
+        struct = jax.ShapeDtypeStruct(jnp.shape(env[mid].primal), mid_t.dtype)
         transpose = jax.linear_transpose(linear, struct)
         back = jax.vmap(lambda c: transpose(c)[0])(directions.astype(t.dtype))
-        return _weighted_inner(w, back, mid_jet.tangent)
+        return _weighted_inner(w, back, mid_t)
     return _weighted_inner(w, directions.astype(t.dtype), t)
 
 

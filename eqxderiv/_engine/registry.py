@@ -257,6 +257,24 @@ def _warn_at_user_call(message: str) -> None:
     )
 
 
+def warn_nested_second_derivatives() -> None:
+    """The one-time `FallbackWarning` for a field whose second derivatives are
+    computed by nested `jax.jvp`s because of a custom rule (`program.py`)."""
+    what = "custom rule not called by itself"
+    if what in _WARNED:
+        return
+    _WARNED.add(what)
+    _warn_at_user_call(
+        "eqxderiv: the field has a custom_vjp function, or a custom_jvp function "
+        "whose rule computes its primal output by other code than the function "
+        "itself; nested autodiff's second derivatives (and parameter gradients "
+        "of derivatives) then differentiate that code, so the field's derivatives "
+        "are computed by jvps of the whole field, as nested autodiff does (exact, "
+        "but slower). A rule that returns `f(x)` (the custom function itself) as "
+        "its primal output avoids this."
+    )
+
+
 def fallback(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
     """Any primitive, through `jax.jvp` on `bind` (see `nested_jet`)."""
     return nested_jet(

@@ -25,12 +25,18 @@ class FieldProgram(NamedTuple):
     - `reverse`: whether reverse-mode autodiff applies (JAX has none through a
         `while` loop).
     - `size`: the number `m` of (flattened) outputs.
+    - `collapsible`: whether a collapsed propagation gives nested autodiff's
+        second derivatives: false where a `custom_vjp` function, or a
+        `custom_jvp` function whose rule computes its primal output by other code
+        than the function itself, is in the field (nested autodiff then
+        differentiates that code).
     """
 
     fn: Callable[[Any, Any], Array]
     forward: Callable[[Any, Any], Array]
     reverse: bool
     size: int
+    collapsible: bool = True
 
 
 class AbstractMethod(eqx.Module):

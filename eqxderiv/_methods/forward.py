@@ -3,32 +3,11 @@
 from typing import Any, ClassVar
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._validation import as_int
-from .jet_method import AbstractJetMethod, JetPass, JetResult
-
-
-def _forward_jet(p: JetPass) -> JetResult:
-    """Nested forward mode: one JVP (or JVP-of-JVP) per direction, vectorised.
-    `t` (possibly None) is held fixed."""
-    fn, x, t, tx, w, second, contract = p[:7]
-    g = lambda a: fn(a, t)
-
-    def one(v):
-        if not second:
-            y, dy = jax.jvp(g, (x,), (v,))
-            return y, dy, y
-        inner = lambda a: jax.jvp(g, (a,), (v,))
-        (y, dy), (_, d2y) = jax.jvp(inner, (x,), (v,))
-        return y, dy, d2y
-
-    y, dy, d2y = jax.vmap(one)(tx)
-    s = jnp.tensordot(w, d2y, axes=1) if second else None
-    c = None if contract is None else jnp.einsum("k,km,km->", w, contract, dy)
-    return y[0], dy, s, c
+from .jet_method import AbstractJetMethod, JetPass, JetResult, forward_jet
 
 
 class Forward(AbstractJetMethod):
@@ -57,4 +36,4 @@ class Forward(AbstractJetMethod):
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
 
     def jet(self, p: JetPass) -> JetResult:
-        return _forward_jet(p)
+        return forward_jet(p)

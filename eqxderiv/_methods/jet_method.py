@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from .._engine import warn_nested_second_derivatives
 from .._quantity import ESTIMATED, Quantities, Quantity as Q
 from .._validation import check_count
 from .abstract import AbstractMethod, FieldProgram
@@ -40,6 +41,26 @@ class JetPass(NamedTuple):
 # What a jet pass returns: the value `(m,)`, the tangents `(K, m)` or `None`, the
 # second-order term `(m,)` or `None` and the contraction `()` or `None`.
 JetResult: TypeAlias = tuple[Array, Array | None, Array | None, Array | None]
+
+
+def forward_jet(p: JetPass) -> JetResult:
+    """Nested forward mode: one JVP (or JVP-of-JVP) per direction, vectorised.
+    `t` (possibly None) is held fixed."""
+    fn, x, t, tx, w, second, contract = p[:7]
+    g = lambda a: fn(a, t)
+
+    def one(v):
+        if not second:
+            y, dy = jax.jvp(g, (x,), (v,))
+            return y, dy, y
+        inner = lambda a: jax.jvp(g, (a,), (v,))
+        (y, dy), (_, d2y) = jax.jvp(inner, (x,), (v,))
+        return y, dy, d2y
+
+    y, dy, d2y = jax.vmap(one)(tx)
+    s = jnp.tensordot(w, d2y, axes=1) if second else None
+    c = None if contract is None else jnp.einsum("k,km,km->", w, contract, dy)
+    return y[0], dy, s, c
 
 
 # Up to this many directions, the gradient of the divergence and a Laplacian share
@@ -78,11 +99,12 @@ class AbstractJetMethod(AbstractMethod):
         `tangents=False` the caller does not want the tangents, and a method may
         return `None` for them."""
 
-    def _chunked_jet(self, p: JetPass) -> JetResult:
+    def _chunked_jet(self, p: JetPass, nested: bool = False) -> JetResult:
+        jet = forward_jet if nested else self.jet
         k = p.tx.shape[0]
         c = self.chunk_size
         if c is None or k <= c:
-            return self.jet(p)
+            return jet(p)
         # Bounded memory: propagate `c` directions at a time. Padding rows have
         # zero tangents and zero weight, so they add nothing.
         n = -(-k // c)
@@ -100,7 +122,7 @@ class AbstractJetMethod(AbstractMethod):
 
         def one(a):
             cx, cw, cc = a
-            return self.jet(p._replace(tx=cx, w=cw, contract=cc))
+            return jet(p._replace(tx=cx, w=cw, contract=cc))
 
         values, T, seconds, contracted = jax.lax.map(one, args)
         if T is not None:
@@ -134,6 +156,14 @@ class AbstractJetMethod(AbstractMethod):
         # for a Jacobian alone, reverse mode is cheaper when m < d.
         use_dirs = bool(stochastic_q) or (exact and want_jac and d <= m)
         second = Q.LAPLACIAN in needs
+        # Where a custom function's rule may disagree with the code that computes
+        # its primal output, derivatives of derivatives (a Laplacian, a gradient
+        # of the divergence, and parameter gradients of any derivative) follow
+        # nested autodiff exactly only through `jax.jvp`s of the field (see
+        # `eqxderiv._engine.program`).
+        nested = not field.collapsible
+        if nested:
+            warn_nested_second_derivatives()
         q: Quantities = {}
 
         if not use_dirs:
@@ -154,7 +184,7 @@ class AbstractJetMethod(AbstractMethod):
                 # wanted, which a method may compute from fewer directions.
                 keep = with_div or want_jac or not with_second
                 value, T, S, c = self._chunked_jet(
-                    JetPass(fn, x_, t, V, w, with_second, contract, keep)
+                    JetPass(fn, x_, t, V, w, with_second, contract, keep), nested
                 )
                 out = {Q.VALUE: value}
                 if with_div:

@@ -3,12 +3,23 @@
 from typing import Any, ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._engine import collapsed_jet, collapsed_jet_contracted, compressed_second
+from .._engine import (
+    collapsed_jet,
+    collapsed_jet_contracted,
+    compressed_second,
+    divergence_in_closed_form,
+)
+from .._quantity import Quantities, Quantity as Q
 from .._validation import as_int
+from .abstract import FieldProgram
 from .jet_method import AbstractJetMethod, JetPass, JetResult
+
+
+_DIVERGENCES = frozenset({Q.DIVERGENCE, Q.GRADDIV})
 
 
 def taylor_jet(p: JetPass, compress: bool = False, identity: bool = False) -> JetResult:
@@ -38,7 +49,9 @@ class Taylor(AbstractJetMethod):
 
     $$\\Delta f = \\sum_k D^2 f[e_k, e_k].$$
 
-    The gradient of the divergence is reverse mode over this pass. For a
+    The gradient of the divergence is reverse mode over this pass, unless the
+    field is a chain of affine maps and at most two elementwise layers, where
+    the divergence and its gradient have a closed form (`closed_form`). For a
     Laplacian alone, the directions are compressed where the computation first
     narrows (a first layer narrower than `d`); see
     [Choosing a method](methods.md#exact-taylor-the-default) for how, and for
@@ -57,15 +70,56 @@ class Taylor(AbstractJetMethod):
         gradients agree either way; second derivatives with respect to the
         parameters through a rank-deficient first layer are exact only with
         `compress=False`.
+    - `closed_form`: compute the divergence and its gradient in closed form where
+        the field is a chain of affine maps and at most two elementwise layers,
+        such as an MLP with two hidden layers (default `True`; found on the
+        field's program, see
+        [Choosing a method](methods.md#the-divergence-in-closed-form)). The
+        divergence then costs about one forward pass and its gradient about
+        three, instead of `d` directional derivatives. `chunk_size` does not
+        apply to it (it propagates no directions).
     """
 
     chunk_size: int | None = eqx.field(default=None, static=True, converter=as_int)
     compress: bool = eqx.field(default=True, static=True)
+    closed_form: bool = eqx.field(default=True, static=True)
     stochastic: ClassVar[bool] = False
 
     def __check_init__(self) -> None:
-        if not isinstance(self.compress, bool):
-            raise ValueError(f"`compress` must be a bool; got {self.compress!r}.")
+        for name in ("compress", "closed_form"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"`{name}` must be a bool; got {value!r}.")
+
+    def compute(
+        self,
+        field: FieldProgram,
+        x: Array,
+        t: Array | None,
+        needs: frozenset[Q],
+        key: Any,
+    ) -> Quantities:
+        wanted = needs & _DIVERGENCES
+        closed = None
+        if self.closed_form and wanted:
+            closed = divergence_in_closed_form(field.fn, x, t)
+        if closed is None:
+            return super().compute(field, x, t, needs, key)
+        rest = needs - wanted
+        # The other quantities (a Jacobian, a Laplacian, a time derivative) by
+        # the general path, without the divergence.
+        q = super().compute(field, x, t, rest, key) if rest - {Q.VALUE} else {}
+        if Q.GRADDIV in wanted:
+            if field.reverse:
+                grad = jax.value_and_grad(closed, has_aux=True)(x)
+                (q[Q.DIVERGENCE], value), q[Q.GRADDIV] = grad
+            else:
+                q[Q.DIVERGENCE], value = closed(x)
+                q[Q.GRADDIV] = jax.jacfwd(lambda a: closed(a)[0])(x)
+        else:
+            q[Q.DIVERGENCE], value = closed(x)
+        q.setdefault(Q.VALUE, value)
+        return q
 
     def directions(self, d: int, dtype: Any, key: Any) -> tuple[Array, Array, bool]:
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
