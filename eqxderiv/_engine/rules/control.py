@@ -30,6 +30,7 @@ from jax.extend import core
 from ..interpreter import eval_jaxpr
 from ..jet import Jet, JetContext, Rule, const_jets, primals_of
 from ..registry import register_rule
+from .composite import composite
 
 
 __all__: list[str] = []
@@ -253,9 +254,11 @@ register_rule("while", _while)
 # jit (what `filter_jit` and many jnp functions produce), remat and plain calls are
 # inlined into the surrounding trace: they only structure the primal program.
 # custom_jvp / custom_vjp functions follow their own derivative rules (`custom.py`).
-register_rule("jit", _call_rule("jaxpr"))
-register_rule("pjit", _call_rule("jaxpr"))  # older name of "jit"
+# A call of an elementwise function (an activation) is one elementwise map
+# instead (`composite.py`).
+register_rule("jit", composite(_call_rule("jaxpr")))
+register_rule("pjit", composite(_call_rule("jaxpr")))  # older name of "jit"
 register_rule("remat2", _call_rule("jaxpr"))
 register_rule("checkpoint", _call_rule("jaxpr"))
-register_rule("closed_call", _call_rule("call_jaxpr"))
+register_rule("closed_call", composite(_call_rule("call_jaxpr")))
 register_rule("call", _call_rule("call_jaxpr"))
