@@ -10,7 +10,11 @@ ratios against the anchors. There are three sections:
 - Operators: each quantity (Jacobian, df/dt, divergence, Laplacian, grad-div, a
   residual of three terms, and stochastic estimates at large d) on the network
   of the question eqxderiv was built for, a tanh MLP over `concatenate(x, t)`
-  with output dimension `d`, batched with `vmap`.
+  with output dimension `d`, batched with `vmap`. At large d the stochastic
+  Laplacians, with probes per sample and shared across the batch, run beside
+  the exact one, and (`--million`, on by default, off with `--quick`) also at
+  d = 100,000 and 1,000,000 with a batch of 16 (`--million-batch`); the
+  shared-probe one must beat the exact one from d = 10,000 on.
 - Training steps (`--training`, on by default): the value and parameter
   gradient of a loss of derivatives (`eqx.filter_value_and_grad` with respect to
   the network, jitted, the parameters an argument of the program): the heat
@@ -487,12 +491,28 @@ def sweep_recipes(net):
 
 # The exact Laplacian is run at large d up to this size (on the seed net it never
 # forms the d x d identity of its directions; see `eqxderiv.Taylor`).
-EXACT_LARGE_D = 100_000
+EXACT_LARGE_D = 1_000_000
+
+# The large-d Laplacian at a small batch (`--million`): d = 1,000,000 fits in
+# memory there (the seed net's first and last layers are 512 MB each in float32,
+# `x` another 64 MB), and d = 100,000 beside it gives the curve a second point and
+# a comparison with the batch of the other sizes.
+MILLION_DS = (100_000, 1_000_000)
+MILLION_QUANTITY = "large-d laplacian, batch {batch}"
+# The shared-probe Laplacian must beat the exact (compressed) one at every large d
+# from this size on; below it the ratio is shown without a verdict.
+SHARED_BAR_FROM_D = 10_000
+
+
+def shared_name(probes):
+    return f"Hutchinson({probes}, shared)"
 
 
 def stochastic_recipes(net, probes, d):
     lap = ed.Laplacian(net, method=ed.Hutchinson(probes))
+    shared = ed.Laplacian(net, method=ed.Hutchinson(probes, shared=True))
     sparse = ed.Laplacian(net, method=ed.SparseSampling(probes))
+    sparse_shared = ed.Laplacian(net, method=ed.SparseSampling(probes, shared=True))
     div = ed.Divergence(net, method=ed.Hutchinson(probes))
     exact = ed.Laplacian(net)
     key = jax.random.key(0)
@@ -503,7 +523,11 @@ def stochastic_recipes(net, probes, d):
         "large-d laplacian": laplacians
         | {
             f"Hutchinson({probes})": lambda x, t: lap(x, t, key=key),
+            shared_name(probes): lambda x, t: shared(x, t, key=key),
             f"SparseSampling({probes})": lambda x, t: sparse(x, t, key=key),
+            f"SparseSampling({probes}, shared)": lambda x, t: sparse_shared(
+                x, t, key=key
+            ),
         },
         "large-d divergence": {
             f"Hutchinson({probes})": lambda x, t: div(x, t, key=key),
@@ -858,6 +882,43 @@ def section_bars(results, spec, checked=True):
     return "\n".join(head + rows)
 
 
+def large_d_bars(results, checked=True):
+    """The shared-probe Laplacian against the exact (compressed) one, at every
+    large d it ran at: it must be faster from `SHARED_BAR_FROM_D` on."""
+    rows = []
+    for r in results:
+        if not (r.quantity.startswith("large-d laplacian") and "shared" in r.name):
+            continue
+        if not r.name.startswith("Hutchinson"):
+            continue
+        exact = find(results, r.model, r.d, r.quantity, "exact (Taylor)")
+        if exact is None:
+            continue
+        ratio = (
+            r.run_ms / exact.run_ms if r.run_ms is not None and exact.run_ms else None
+        )
+        bar = 1.0 if r.d >= SHARED_BAR_FROM_D else None
+        if bar is None:
+            status, bar_text = "information", "—"
+        elif not checked:
+            status, bar_text = SMOKE_VERDICT, f"≤ {bar}"
+        else:
+            status = "n/a" if ratio is None else ("PASS" if ratio <= bar else "FAIL")
+            bar_text = f"≤ {bar}"
+        rows.append(
+            f"| {r.quantity} | {r.d:,} | {fmt(r.run_ms, '.3g')} | "
+            f"{fmt(exact.run_ms, '.3g')} | {fmt(ratio, '.3f')} | "
+            f"{fmt(r.memory_mb, '.3g')} | {fmt(exact.memory_mb, '.3g')} | "
+            f"{bar_text} | {status} |"
+        )
+    head = [
+        "| quantity | d | shared probes (ms) | exact, Taylor (ms) | ratio | "
+        "shared memory (MiB) | exact memory (MiB) | bar | |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + rows) if rows else ""
+
+
 def _curves(ax, results, model, quantities, title):
     for q in quantities:
         names = []
@@ -889,11 +950,14 @@ def plot(results, path, model):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # The large-d Laplacian at the small batch of `--million`, as its own curves.
+    small = MILLION_QUANTITY.split("{")[0]
+    million = sorted({r.quantity for r in results if r.quantity.startswith(small)})
     panels = [
         (["laplacian"], "laplacian"),
         (["grad-div"], "grad-div"),
         (["divergence"], "divergence"),
-        (["large-d laplacian", "large-d divergence"], "large d"),
+        (["large-d laplacian", "large-d divergence", *million], "large d"),
     ]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, (quantities, title) in zip(axes.flat, panels):
@@ -914,11 +978,22 @@ def render(data, out, tag):
         else ""
     )
     operators = [r for r in results if not r.section]
+    large = large_d_bars(operators, checked=not data["quick"])
+    if large:
+        large = (
+            "### Large d: shared probes against the exact Laplacian\n\n"
+            + smoke
+            + "Hutchinson's estimator with probes shared across the batch (one "
+            "draw per call, `Hutchinson(K, shared=True)`) against the exact "
+            "Laplacian (compressed at the first layer), at every large d; from "
+            f"d = {SHARED_BAR_FROM_D:,} on it must be faster.\n\n" + large
+        )
     parts = [
         data["header"],
         "### Bars\n\n"
         + smoke
         + bars(operators, "seed net", data["bar_d"], checked=not data["quick"]),
+        large,
         "### All results\n\n" + table(operators),
         f"![time against d](./{tag}.png)",
     ]
@@ -966,6 +1041,14 @@ def main(argv=None):
         "--stochastic-ds", type=int, nargs="*", default=[1_000, 10_000, 100_000]
     )
     p.add_argument("--probes", type=int, default=16)
+    p.add_argument(
+        "--million",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the large-d Laplacian at d = 100,000 and 1,000,000 with batch "
+        "--million-batch (off with --quick)",
+    )
+    p.add_argument("--million-batch", type=int, default=16)
     p.add_argument(
         "--stochastic-repeats",
         type=int,
@@ -1034,6 +1117,7 @@ def main(argv=None):
         args.heavy_repeats = 2
         args.stochastic_ds = [2_000]
         args.stochastic_repeats = 2
+        args.million = False
         args.training_ds = args.fpe_ds = args.sweep_ds = [3]
         new_repeats = 2
     if args.out is None:
@@ -1062,9 +1146,11 @@ def main(argv=None):
     if args.sweep:
         per_model = len(sweep_recipes(make_net(3, 4, 1, key)))
         new_groups += len(args.sweep_ds) * len(sweep) * per_model
+    million_ds = MILLION_DS if args.million else ()
     total = (
         groups * args.repeats
         + 2 * len(args.stochastic_ds) * args.stochastic_repeats
+        + len(million_ds) * args.stochastic_repeats
         + new_groups * new_repeats
     )
     progress = tqdm(total=total, desc="benchmark", unit="run")
@@ -1106,6 +1192,26 @@ def main(argv=None):
                 progress,
                 args.stochastic_repeats,
             )
+    for d in million_ds:
+        kx, kt, kn = jax.random.split(jax.random.fold_in(key, d), 3)
+        net = make_net(d, args.width, args.depth, kn)
+        x = jax.random.normal(kx, (args.million_batch, d))
+        t = jax.random.uniform(kt, (args.million_batch, 1))
+        fns = stochastic_recipes(net, args.probes, d)["large-d laplacian"]
+        progress.set_postfix_str(f"large-d laplacian d={d} batch {args.million_batch}")
+        results += run_group(
+            MILLION_QUANTITY.format(batch=args.million_batch),
+            fns,
+            (x, t),
+            d,
+            "seed net",
+            args.stochastic_repeats,
+            limit_mb,
+            progress,
+            args.stochastic_repeats,
+        )
+        # The next size's network is built only once this one's is freed.
+        del net, x, t, fns
     scalar_model = f"scalar tanh MLP ({args.depth} × {args.width})"
     for i, (task, ds) in enumerate(training if args.training else []):
         for d in ds:
@@ -1167,7 +1273,14 @@ def main(argv=None):
         f"Measured with `python benchmarks/run.py{' --quick' if args.quick else ''}` "
         f"on {device.platform.upper()} ({device.device_kind}; "
         f"{os.cpu_count()} cores, {platform.machine()}), jax {jax.__version__}, "
-        f"float32, batch {args.batch}, seed net = tanh MLP over concat(x, t), "
+        f"float32, batch {args.batch}"
+        + (
+            f" ({args.million_batch} for the large-d Laplacian at d = "
+            f"{', '.join(f'{d:,}' for d in million_ds)})"
+            if million_ds
+            else ""
+        )
+        + ", seed net = tanh MLP over concat(x, t), "
         f"{args.depth} hidden layers of {args.width}, output d. Median of "
         f"{args.repeats} interleaved runs ({args.heavy_repeats} for a heavy "
         f"contender, {args.stochastic_repeats} at the stochastic sizes); memory "

@@ -18,11 +18,18 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
+from ._batching import SampleKeys, split_keys
 from ._component import Component
 from ._custom_types import Field
 from ._engine import trace_field
 from ._field_call import call_field, field_output
-from ._methods import AbstractMethod, FieldProgram, as_method, needs_key
+from ._methods import (
+    AbstractMethod,
+    FieldProgram,
+    as_method,
+    needs_key,
+    shares_probes,
+)
 from ._operator import AbstractOperator, PlainField, scaled
 from ._quantity import Quantities, Quantity
 from ._validation import check_field
@@ -92,7 +99,9 @@ class AbstractDerivative(AbstractOperator):
     ) -> jax.ShapeDtypeStruct:
         return _fused(self).out_structure(x, t)
 
-    def evaluate(self, x: Array, t: Array | None, key: PRNGKeyArray | None) -> Array:
+    def evaluate(
+        self, x: Array, t: Array | None, key: SampleKeys | PRNGKeyArray | None
+    ) -> Array:
         return _fused(self).evaluate(x, t, key)
 
     def _merged(self, other: AbstractOperator) -> AbstractOperator | None:
@@ -138,13 +147,15 @@ def result_struct(
 
 
 def _split(key: Any, field: Any, method: AbstractMethod) -> tuple[Any, Any]:
-    """Splits the key between the wrapped field (if stochastic) and the method."""
-    if key is None:
-        inner, outer = None, None
-    elif isinstance(field, AbstractOperator) and field.stochastic:
-        inner, outer = jax.random.split(key)
+    """Splits this sample's keys between the wrapped field (if stochastic) and
+    the method; the method gets one PRNG key: the call's shared one for probes
+    shared across the batch, else this sample's own."""
+    if isinstance(field, AbstractOperator) and field.stochastic:
+        inner, outer = split_keys(key, 2)
     else:
         inner, outer = None, key
+    if isinstance(outer, SampleKeys):
+        outer = outer.shared if shares_probes(method) else outer.sample
     if outer is None and method.stochastic:
         # Only reached for quantities the method computes exactly (the others
         # need a key, see `needs_key`), but `compute` draws its directions before

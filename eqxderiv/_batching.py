@@ -4,13 +4,44 @@ optional chunking, keeping a batch sharded over devices sharded."""
 import contextlib
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import PRNGKeyArray
 
 from ._validation import check_call_key, check_chunk_size, check_inputs
+
+
+class SampleKeys(NamedTuple):
+    """The keys one sample's evaluation draws from, as the batching hands them to
+    the per-sample `evaluate`: `sample`, this sample's own key (split from the
+    call's key, one per sample), and `shared`, one key for the whole call, the
+    same for every sample: it is unbatched under the batch `vmap`, so that what a
+    method computes from it alone (probes shared across the batch, see
+    `eqxderiv.Hutchinson`'s `shared`) is computed once per call."""
+
+    sample: PRNGKeyArray
+    shared: PRNGKeyArray
+
+
+def split_keys(key: Any, num: int) -> tuple[Any, ...]:
+    """`num` independent keys from `key` (`None`, a key or `SampleKeys`, each
+    part split alike, so a shared key stays the same for every sample)."""
+    if key is None:
+        return (None,) * num
+    if isinstance(key, SampleKeys):
+        samples = jax.random.split(key.sample, num)
+        shared = jax.random.split(key.shared, num)
+        return tuple(SampleKeys(a, b) for a, b in zip(samples, shared))
+    return tuple(jax.random.split(key, num))
+
+
+def _with_shared(fn: Callable[..., Any], shared: Any) -> Callable[..., Any]:
+    """`fn(x, t, keys)` as a function of a sample's own key: the shared key is
+    closed over, not mapped, so that it stays unbatched under the batch `vmap`."""
+    return lambda x, t, key: fn(x, t, SampleKeys(key, shared))
 
 
 def sample_struct(a: jax.Array | None, batch: tuple[int, ...]) -> Any:
@@ -67,19 +98,27 @@ def map_batch(
     chunk_size: int | None,
 ) -> Any:
     """Applies the per-sample `fn(x, t, key)` over every leading batch axis; `fn`
-    returns an array or a tuple of arrays.
+    returns an array or a tuple of arrays. `key` is the call's key (or `None`);
+    `fn` gets `SampleKeys` (or `None`): each sample its own subkey, and the
+    call's key itself as the shared one. (Keys that already are `SampleKeys`,
+    from an enclosing call of an operator used as a field, are passed on.)
 
     Without chunking this is one `vmap` per batch axis, so a batch sharded over
     devices (along any of its axes) stays sharded. With chunking, the chunks are
     *strided* (sample `i` goes to chunk `i % num_chunks`), so that each chunk
     holds samples from every device and a sharded batch is never gathered.
     """
+    if key is not None and not isinstance(key, SampleKeys):
+        # One sample: its own key is the call's (as it always was), and so is the
+        # shared one.
+        key = SampleKeys(key, key)
     if batch == ():
         return fn(x, t, key)
     nb = len(batch)
     keys = None
     if key is not None:
-        keys = _keys_like_batch(jax.random.split(key, batch), x, nb)
+        keys = _keys_like_batch(jax.random.split(key.sample, batch), x, nb)
+        fn = _with_shared(fn, key.shared)
     n = math.prod(batch)
     # An empty batch has nothing to chunk (and no chunk size divides it): `vmap`
     # over the zero-length axes gives the empty result of the right shape.
@@ -134,7 +173,10 @@ def evaluate_batched(
     `jit` compiles once and reuses it; under the user's own `jit` it is traced
     inline, as any nested `jit` is."""
     x, t, batch = check_inputs(x, t)
-    check_call_key(key, stochastic, name)
+    if not isinstance(key, SampleKeys):
+        # `SampleKeys` come from an enclosing call (an operator used as a field),
+        # whose key was checked there.
+        check_call_key(key, stochastic, name)
     chunk_size = check_chunk_size(chunk_size)
     return _compiled(out_structure, evaluate, x, t, key, chunk_size)
 

@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ._batching import SampleKeys
 from ._flax import explain_unbound_flax
 from ._validation import FieldError
 
@@ -16,8 +17,13 @@ def call_field(field: Callable[..., Any], x: Any, t: Any, key: Any = None) -> An
     """Calls a field on one sample, with `t` only when one is given.
 
     A `key` is only ever given to a stochastic operator used as a field, the one
-    kind of field that takes one.
+    kind of field that takes one. Inside an enclosing call it is that sample's
+    `SampleKeys`, which the operator evaluates on directly (its one sample was
+    validated with the enclosing call), so that the shared key the enclosing
+    batch closes over reaches its method.
     """
+    if isinstance(key, SampleKeys):
+        return field.evaluate(x, t, key)
     if key is not None:
         return field(x, t, key=key)
     if t is None:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._batching import evaluate_batched
+from ._batching import SampleKeys, evaluate_batched, split_keys
 from ._custom_types import ChunkSize, Field, SpaceLike, TimeLike
 from ._field_call import call_field, field_output
 
@@ -60,7 +60,7 @@ class AbstractOperator(eqx.Module):
         self,
         x: Float[Array, " d"],
         t: Float[Array, ""] | Float[Array, "1"] | None,
-        key: PRNGKeyArray | None,
+        key: SampleKeys | PRNGKeyArray | None,
     ) -> Float[Array, "..."]:
         """Evaluates the operator on one sample.
 
@@ -68,8 +68,11 @@ class AbstractOperator(eqx.Module):
 
         - `x`: one point, shape `(d,)`.
         - `t`: its time, shape `()` or `(1,)`, or `None`.
-        - `key`: this sample's PRNG key where the operator is stochastic, else
-            `None`.
+        - `key`: this sample's keys where the operator is stochastic, else
+            `None`: pass them on unchanged to the operators this one evaluates.
+            (They hold this sample's own PRNG key and the call's, which is the
+            same for every sample, for probes shared across the batch; see
+            `eqxderiv.Hutchinson`.)
 
         **Returns:** the result for this sample, of the shape `out_structure`
         gives.
@@ -251,8 +254,7 @@ class _Sum(AbstractOperator):
         return jax.ShapeDtypeStruct(structs[0].shape, dtype)
 
     def evaluate(self, x, t, key):
-        n = len(self.terms)
-        keys = [None] * n if key is None else list(jax.random.split(key, n))
+        keys = split_keys(key, len(self.terms))
         outs = [op.evaluate(x, t, k) for op, k in zip(self.terms, keys)]
         return sum(outs[1:], outs[0])
 
@@ -283,7 +285,7 @@ class _Mul(AbstractOperator):
         return jax.ShapeDtypeStruct(shape, jnp.result_type(a.dtype, b.dtype))
 
     def evaluate(self, x, t, key):
-        kl, kr = (None, None) if key is None else jax.random.split(key)
+        kl, kr = split_keys(key, 2)
         return self.left.evaluate(x, t, kl) * self.right.evaluate(x, t, kr)
 
 

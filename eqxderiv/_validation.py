@@ -93,6 +93,12 @@ def check_inputs(x: Any, t: Any) -> tuple[jax.Array, jax.Array | None, tuple[int
     return x, t, batch
 
 
+def as_bool(value: Any) -> Any:
+    """Converts a NumPy bool to a Python bool; anything else is returned as is,
+    for the method's check to refuse. The converter of static flags."""
+    return bool(value) if isinstance(value, np.bool_) else value
+
+
 def as_int(value: Any) -> Any:
     """Converts any integer (a NumPy integer or a 0-d integer array too, never a
     bool) to a Python int; anything else is returned as is, for `check_count` to

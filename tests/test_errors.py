@@ -379,6 +379,29 @@ def test_taylor_compress_must_be_a_bool(no_typecheck):
         eqxderiv.Taylor(compress="yes")  # pyright: ignore
 
 
+@pytest.mark.parametrize("cls", [eqxderiv.Hutchinson, eqxderiv.SparseSampling])
+@pytest.mark.parametrize("value", ["yes", 1, None, 0.0])
+def test_shared_must_be_a_bool(cls, value, no_typecheck):
+    with pytest.raises(ValueError, match=r"`shared` must be a bool; got "):
+        cls(shared=value)  # pyright: ignore
+
+
+@pytest.mark.parametrize("cls", [eqxderiv.Hutchinson, eqxderiv.SparseSampling])
+def test_shared_accepts_a_numpy_bool(cls, no_typecheck):
+    # As counts accept NumPy integers; kept a Python bool, which equinox accepts
+    # as a static field (a NumPy scalar would make it warn).
+    assert cls(shared=np.True_).shared is True  # pyright: ignore
+
+
+@pytest.mark.parametrize("cls", [eqxderiv.Hutchinson, eqxderiv.SparseSampling])
+def test_shared_probes_need_one_key(cls):
+    op = eqxderiv.Laplacian(F, method=cls(2, shared=True))
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        op(X, T)
+    with pytest.raises((TypeError, ValueError), match="key"):
+        op(X, T, key=jax.random.split(jax.random.key(0), X.shape[0]))
+
+
 # Regressions from a user probing the library.
 
 
@@ -553,8 +576,9 @@ def test_bad_key_own_message(case, no_typecheck):
         eqxderiv.derivatives(F, X, T, method="hutchinson", key=key)
 
 
-def test_one_key_of_either_kind():
-    op = eqxderiv.Laplacian(F, method=eqxderiv.Hutchinson(num_probes=2))
+@pytest.mark.parametrize("shared", [False, True])
+def test_one_key_of_either_kind(shared):
+    op = eqxderiv.Laplacian(F, method=eqxderiv.Hutchinson(2, shared=shared))
     typed = op(X, T, key=jax.random.key(0))
     legacy = op(X, T, key=jax.random.PRNGKey(0))
     assert typed.shape == legacy.shape == (4, 3)

@@ -15,5 +15,9 @@ from .convert import (
 from .forward import Forward as Forward
 from .jet_method import AbstractJetMethod as AbstractJetMethod
 from .nested import Nested as Nested
-from .stochastic import Hutchinson as Hutchinson, SparseSampling as SparseSampling
+from .stochastic import (
+    Hutchinson as Hutchinson,
+    SparseSampling as SparseSampling,
+    shares_probes as shares_probes,
+)
 from .taylor import Taylor as Taylor

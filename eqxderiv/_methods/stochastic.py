@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._validation import as_int, check_count
+from .._validation import as_bool, as_int, check_count
 from .jet_method import AbstractJetMethod, JetPass, JetResult
 from .taylor import taylor_jet
 
@@ -28,12 +28,30 @@ def _rademacher(key, shape, dtype):
 
 
 class AbstractStochasticMethod(AbstractJetMethod):
-    """A jet method whose directions are random, drawn per sample."""
+    """A jet method whose directions are random: drawn per sample, or once per
+    call and shared by every sample of the batch (`shared`)."""
+
+    shared: eqx.AbstractVar[bool]
+
+    def __check_init__(self) -> None:
+        if not isinstance(self.shared, bool):
+            raise ValueError(f"`shared` must be a bool; got {self.shared!r}.")
 
     def jet(self, p: JetPass) -> JetResult:
         # Per-sample probes: compressing them would cost a factorisation per
-        # sample, so the tangents are always propagated as they are.
-        return taylor_jet(p)
+        # sample, so their tangents are propagated as they are. Shared probes are
+        # the same for every sample, as Taylor's coordinate directions are: for a
+        # Laplacian alone, a first layer narrower than the K probes compresses
+        # them (exactly) once per call, since the layer's tangents, computed from
+        # the probes and the weights alone, are unbatched under the batch `vmap`.
+        compress = self.shared and p.second and not p.tangents
+        return taylor_jet(p, compress and p.contract is None)
+
+
+def shares_probes(method: Any) -> bool:
+    """Whether `method` draws one set of probes per call, shared by every sample
+    (it then gets the call's key, the same for every sample, not the sample's)."""
+    return isinstance(method, AbstractStochasticMethod) and method.shared
 
 
 class Hutchinson(AbstractStochasticMethod):
@@ -53,16 +71,47 @@ class Hutchinson(AbstractStochasticMethod):
     $2\\|A\\|_F^2$); the estimate's variance is that divided by $K$. The cost
     is one collapsed Taylor pass with $K$ directions, linear in $K$ and
     independent of $d$ beyond the first layer. Each sample of a batch gets its
-    own probes; other quantities (value, time derivative, Jacobian) stay exact.
+    own probes, unless `shared=True`; other quantities (value, time derivative,
+    Jacobian) stay exact.
+
+    With `shared=True`, one set of $K$ probes is drawn per call and used for
+    every sample of the batch. Each sample's estimate $\\hat\\tau_i$ is still
+    unbiased, with the same variance; but the estimates of different samples are
+    now correlated. Their mean over a batch of $b$ samples with matrices $A_i$
+    (a loss's mean over collocation points, say) is the estimate of
+    $\\operatorname{tr}\\bar A$, $\\bar A = \\frac1b\\sum_i A_i$, from the same
+    probes, so with $\\sigma^2(A)$ the variance of one probe's term above,
+
+    $$\\operatorname{Var}\\Big[\\frac1b\\sum_i\\hat\\tau_i\\Big] =
+    \\frac{\\sigma^2(\\bar A)}{K} \\quad\\text{(shared)}, \\qquad
+    \\frac{1}{b^2}\\sum_i \\frac{\\sigma^2(A_i)}{K} \\quad\\text{(per sample)}.$$
+
+    Where the samples' matrices are alike, sharing multiplies the variance of
+    the mean by up to $b$; where they differ (cancel, say) it can be less. In
+    exchange the probes are drawn once ($Kd$ random numbers instead of $bKd$)
+    and the first layer's products with them (an $(n, d)$ weight times the
+    $(d, K)$ probes) are computed once per call instead of once per sample, most
+    of the cost at large $d$. For a Laplacian alone with more probes than a
+    first layer's width $n$, the probes are also compressed to $n$ directions
+    there, once per call, as `eqxderiv.Taylor` compresses the coordinate
+    directions (exactly: the estimate is unchanged).
 
     The operator then needs a key: `Laplacian(f, method=Hutchinson(16))(x, t,
-    key=key)`.
+    key=key)`. Shared probes are drawn from that key itself, per-sample ones
+    from each sample's subkey of it.
+
+    ```python
+    shared = eqxderiv.Laplacian(u, method=eqxderiv.Hutchinson(16, shared=True))
+    shared(x, t, key=jax.random.key(0))  # one (16, d) draw for the whole batch
+    ```
 
     **Arguments:**
 
     - `num_probes`: the number of probes $K$.
     - `probe`: `"rademacher"` (entries $\\pm 1$, lower variance) or `"gaussian"`.
     - `chunk_size`: propagate at most this many probes at a time.
+    - `shared`: draw one set of probes per call, used for every sample of the
+        batch (default `False`: each sample its own).
     """
 
     num_probes: int = eqx.field(default=16, static=True, converter=as_int)
@@ -70,6 +119,7 @@ class Hutchinson(AbstractStochasticMethod):
         default="rademacher", static=True
     )
     chunk_size: int | None = eqx.field(default=None, static=True, converter=as_int)
+    shared: bool = eqx.field(default=False, static=True, converter=as_bool)
     stochastic: ClassVar[bool] = True
 
     def __check_init__(self) -> None:
@@ -99,6 +149,15 @@ class SparseSampling(AbstractStochasticMethod):
     $a_i$ are the diagonal entries, so it is exact when they are all equal and
     the estimate's variance is that divided by $K$. Cost linear in $K$.
 
+    With `shared=True`, one set of $K$ coordinates is drawn per call and used
+    for every sample of the batch: each sample's estimate is unbiased with the
+    same variance, but the mean over a batch of $b$ samples has the variance
+    above for the mean diagonal $\\bar a = \\frac1b\\sum_j a^{(j)}$ (it
+    estimates $\\sum_i \\bar a_i$ from the same coordinates), instead of
+    $\\frac1{b^2}\\sum_j$ of the samples' own variances: up to $b$ times more
+    where the samples are alike. In exchange the first layer's products with the
+    sampled coordinates are formed once per call (see `eqxderiv.Hutchinson`).
+
     ```python
     method = eqxderiv.SparseSampling(num_samples=64)
     eqxderiv.Laplacian(u, method=method)(x, t, key=jax.random.key(0))
@@ -108,10 +167,13 @@ class SparseSampling(AbstractStochasticMethod):
 
     - `num_samples`: the number of sampled dimensions $K$.
     - `chunk_size`: propagate at most this many directions at a time.
+    - `shared`: draw one set of coordinates per call, used for every sample of
+        the batch (default `False`: each sample its own).
     """
 
     num_samples: int = eqx.field(default=16, static=True, converter=as_int)
     chunk_size: int | None = eqx.field(default=None, static=True, converter=as_int)
+    shared: bool = eqx.field(default=False, static=True, converter=as_bool)
     stochastic: ClassVar[bool] = True
 
     def __check_init__(self) -> None:
