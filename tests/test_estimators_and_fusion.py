@@ -24,6 +24,7 @@ it saves, and both sides of `_SHARED_PASS_MAX_DIRECTIONS`.
 
 import itertools
 import math
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -321,7 +322,7 @@ def _mlp(d: int, width: int, key) -> JnpMLP:
     return JnpMLP(d, d, width, time=True, key=key)
 
 
-def _fused_and_separate(f, kinds, coeffs, x, t, method="auto"):
+def _fused_and_separate(f, kinds, coeffs, x, t, method: Any = "auto"):
     """The cost of `sum_i coeffs[i] * kinds[i](u)` as one expression on one field
     object (fused), as the sum of the operators called separately inside one
     program, and of each operator alone."""
