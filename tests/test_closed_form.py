@@ -8,7 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import assert_close, assert_trees_close, normal, uncached
+from helpers import NN, assert_close, assert_trees_close, normal, uncached
 
 import eqxderiv
 import eqxderiv._engine.factored as factored
@@ -214,6 +214,15 @@ def test_equinox_mlp(getkey, spy):
     mlp = eqx.nn.MLP(D + 1, D, 8, 2, activation=jax.nn.silu, key=getkey())
     mlp = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_array(a) else a, mlp)
     field = lambda x_, t_: mlp(jnp.concatenate([x_, t_]))  # noqa: E731
+    x, t = _points(getkey())
+    _check(field, x, t, True, spy, grads=False)
+
+
+def test_the_questions_flax_model(getkey, spy):
+    # `jnp.hstack` wraps its operands in identity `jit` calls, looked into.
+    net = NN(hid_dim=8, output_dim=D)
+    params = net.init(getkey(), jnp.ones((1, D)), jnp.ones((1, 1)))
+    field = eqxderiv.from_flax(net, params)
     x, t = _points(getkey())
     _check(field, x, t, True, spy, grads=False)
 

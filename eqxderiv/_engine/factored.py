@@ -34,7 +34,7 @@ nested `jax.jacfwd` gives.
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -85,6 +85,38 @@ def _complex(v: Any) -> bool:
     return dtype is not None and bool(jnp.issubdtype(dtype, jnp.complexfloating))
 
 
+# Calls of a jaxpr, looked into (`jnp.hstack` wraps its operands in `jit`s).
+_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr"}
+
+
+def _affine(
+    eqn: core.JaxprEqn, dependent: Sequence[bool], sample: Sequence[bool]
+) -> bool:
+    """Whether `eqn` is affine in its operands marked `dependent`, with
+    coefficients (the other operands, but offsets) that do not depend on the
+    sample (marked `sample`)."""
+    name = eqn.primitive.name
+    if name in _CALLS:
+        inner = eqn.params[_CALLS[name]]
+        inner = inner.jaxpr if isinstance(inner, core.ClosedJaxpr) else inner
+        dep = {v for v, d in zip(inner.invars, dependent) if d}
+        smp = {v for v, s in zip(inner.invars, sample) if s} | dep
+        for e in inner.eqns:
+            d_ = [not isinstance(v, core.Literal) and v in dep for v in e.invars]
+            s_ = [not isinstance(v, core.Literal) and v in smp for v in e.invars]
+            if any(s_):
+                smp.update(e.outvars)
+            if not any(d_):
+                continue
+            if not _affine(e, d_, s_):
+                return False
+            dep.update(e.outvars)
+        return True
+    live = [n for n, d in enumerate(dependent) if d]
+    coefficients = any(s and not d for d, s in zip(dependent, sample))
+    return affine_in(eqn, live) and (name in _OFFSETS or not coefficients)
+
+
 def _classify(
     jaxpr: core.Jaxpr, x: Any, sample: set[Any]
 ) -> tuple[list[Any], list[Kind | None], list[int]] | None:
@@ -119,15 +151,7 @@ def _classify(
         live_vars = {v for v, m in zip(ins, marks) if m}
         if any(layer[v] != current and root.get(v) is not cut for v in live_vars):
             return None  # reads a layer that is already closed: a skip connection
-        live = [n for n, m in enumerate(marks) if m]
-        coefficients = [
-            v
-            for n, v in enumerate(ins)
-            if not marks[n] and v is not None and v in sample
-        ]
-        affine = affine_in(eqn, live) and (
-            eqn.primitive.name in _OFFSETS or not coefficients
-        )
+        affine = _affine(eqn, marks, [v is not None and v in sample for v in ins])
         elementwise = elementwise_eqn(eqn, marks, _shape(cut))
         kind = kinds[current]
         fits = (affine and kind != "elementwise") or (elementwise and kind != "affine")
