@@ -777,6 +777,17 @@ def find(results, model, d, quantity, name):
 SMOKE_VERDICT = "smoke run: bars not checked"
 
 
+def verdict(ratio, bar, checked):
+    """`(status, bar text)` of a ratio against its bar (`None`: information)."""
+    if bar is None:
+        return "information", "—"
+    if not checked:
+        return SMOKE_VERDICT, f"≤ {bar}"
+    return (
+        "n/a" if ratio is None else ("PASS" if ratio <= bar else "FAIL")
+    ), f"≤ {bar}"
+
+
 def bars(results, model, d, checked=True):
     """The issues' bars at one d (32 and 128), checked on this run's own numbers.
 
@@ -842,13 +853,7 @@ def bars(results, model, d, checked=True):
     for q, a, b, attr, bar in spec:
         r = ratio(q, a, b, attr)
         what = "time" if attr == "run_ms" else "compile time"
-        if bar is None:
-            status, bar_text = "information", "—"
-        elif not checked:
-            status, bar_text = SMOKE_VERDICT, f"≤ {bar}"
-        else:
-            status = "n/a" if r is None else ("PASS" if r <= bar else "FAIL")
-            bar_text = f"≤ {bar}"
+        status, bar_text = verdict(r, bar, checked)
         checks.append(
             f"| {q} | {a} / {label(b)} ({what}) | {fmt(r, '.3f')} | {bar_text} "
             f"| {status} |"
@@ -904,15 +909,7 @@ def section_bars(results, spec, checked=True):
             va, vb = getattr(ours, attr), getattr(anchor, attr)
             ratio = None if va is None or not vb else va / vb
             what = "time" if attr == "run_ms" else "compile time"
-            if bar is None:
-                status, bar_text = "information", "—"
-            elif not checked:
-                status, bar_text = SMOKE_VERDICT, f"≤ {bar}"
-            else:
-                status = (
-                    "n/a" if ratio is None else ("PASS" if ratio <= bar else "FAIL")
-                )
-                bar_text = f"≤ {bar}"
+            status, bar_text = verdict(ratio, bar, checked)
             rows.append(
                 f"| {model} | {d} | {quantity} | {name} / {anchor.name} ({what}) | "
                 f"{fmt(ratio, '.3f')} | {bar_text} | {status} |"
@@ -940,13 +937,7 @@ def large_d_bars(results, checked=True):
             r.run_ms / exact.run_ms if r.run_ms is not None and exact.run_ms else None
         )
         bar = 1.0 if r.d >= SHARED_BAR_FROM_D else None
-        if bar is None:
-            status, bar_text = "information", "—"
-        elif not checked:
-            status, bar_text = SMOKE_VERDICT, f"≤ {bar}"
-        else:
-            status = "n/a" if ratio is None else ("PASS" if ratio <= bar else "FAIL")
-            bar_text = f"≤ {bar}"
+        status, bar_text = verdict(ratio, bar, checked)
         rows.append(
             f"| {r.quantity} | {r.d:,} | {fmt(r.run_ms, '.3g')} | "
             f"{fmt(exact.run_ms, '.3g')} | {fmt(ratio, '.3f')} | "
