@@ -9,8 +9,9 @@ fallback), `interpreter.py`, `rules/` (the rules, registered on import),
 `contraction.py` (a divergence before the last linear layer),
 `factored.py` (the divergence in closed form for two-layer fields, with
 `structure.py`: which equations are elementwise), `entry.py` (the
-entry points) and `program.py` (what the methods need to know of a field's
-program).
+entry points), `program.py` (what the methods need to know of a field's
+program) and `higher/` (the same propagation at any order K, for derivatives
+of order three and more).
 """
 
 from . import rules as rules
@@ -20,6 +21,7 @@ from .entry import (
     compressed_second as compressed_second,
 )
 from .factored import divergence_in_closed_form as divergence_in_closed_form
+from .higher import collapsed_taylor as collapsed_taylor
 from .jet import Jet as Jet, JetContext as JetContext, Rule as Rule
 from .program import trace_field as trace_field
 from .registry import (

@@ -90,7 +90,7 @@ CURVATURE.update(
 # the complex derivative. Every other elementwise primitive on complex values
 # (`abs` of a complex number, ...) goes through nested autodiff, which follows
 # JAX's definition of a real directional derivative.
-_HOLOMORPHIC = (
+HOLOMORPHIC = (
     frozenset(_CURVED_UNARY)
     - {"exp2", "cbrt", "erf", "erfc", "erf_inv", "lgamma", "digamma"}
     - {"bessel_i0e", "bessel_i1e"}
@@ -170,7 +170,7 @@ def _elementwise_rule(name: str) -> Callable[..., list[Jet]]:
         )
         dtypes = [jnp.result_type(p) for p in primals_of(jets)]
         dtypes += [getattr(o.aval, "dtype", None) for o in eqn.outvars]
-        if name not in _HOLOMORPHIC and any(_is_complex(d) for d in dtypes):
+        if name not in HOLOMORPHIC and any(_is_complex(d) for d in dtypes):
             return nested_jet(
                 ctx, lambda *a: [fn(*a)], jets, f"'{name}' of a complex value"
             )
