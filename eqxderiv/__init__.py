@@ -4,6 +4,7 @@ import importlib.metadata
 
 from ._abstract_derivative import AbstractDerivative as AbstractDerivative
 from ._advection import Advection as Advection
+from ._biharmonic import Biharmonic as Biharmonic
 from ._component import Component as Component
 from ._curl import Curl as Curl
 from ._custom_types import (
@@ -22,6 +23,7 @@ from ._engine import (
 from ._flax import FlaxField as FlaxField, from_flax as from_flax
 from ._grad import Grad as Grad
 from ._grad_div import GradDiv as GradDiv
+from ._grad_laplacian import GradLaplacian as GradLaplacian
 from ._hessian import Hessian as Hessian
 from ._jacobian import Jacobian as Jacobian
 from ._laplacian import Laplacian as Laplacian
@@ -38,7 +40,8 @@ from ._methods import (
 )
 from ._nn import SpaceTimeMLP as SpaceTimeMLP
 from ._operator import AbstractOperator as AbstractOperator
-from ._quantity import Quantity as Quantity
+from ._partial import Partial as Partial
+from ._quantity import PartialDerivative as PartialDerivative, Quantity as Quantity
 from ._time_derivative import TimeDerivative as TimeDerivative
 from ._value import Value as Value
 

@@ -9,6 +9,7 @@ union of the quantities once and shares one propagation.
 """
 
 import abc
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar, Optional
@@ -31,7 +32,7 @@ from ._methods import (
     shares_probes,
 )
 from ._operator import AbstractOperator, PlainField, scaled
-from ._quantity import Quantities, Quantity
+from ._quantity import Need, PartialDerivative, Quantities, Quantity
 from ._validation import check_field
 
 
@@ -48,7 +49,22 @@ _SHAPES: dict[Quantity, Callable[[int, int], tuple[int, ...]]] = {
     Quantity.GRADDIV: lambda m, d: (d,),
     Quantity.ADVECTION: lambda m, d: (d,),
     Quantity.HESSIAN: lambda m, d: (m, d, d),
+    Quantity.BIHARMONIC: lambda m, d: (m,),
+    Quantity.GRADLAPLACIAN: lambda m, d: (m, d),
 }
+
+
+def quantity_shape(n: Need, m: int, d: int) -> tuple[int, ...]:
+    """The shape of the quantity `n` for `m` flattened outputs on `d` inputs."""
+    if isinstance(n, PartialDerivative):
+        return (m,)
+    return _SHAPES[n](m, d)
+
+
+def _needs_time(needs: frozenset[Any]) -> bool:
+    return Quantity.DT in needs or any(
+        isinstance(n, PartialDerivative) and n.t > 0 for n in needs
+    )
 
 
 class AbstractDerivative(AbstractOperator):
@@ -76,6 +92,11 @@ class AbstractDerivative(AbstractOperator):
     needs: ClassVar[frozenset[Quantity]]
     # Whether the operator applies to scalar fields (output shape `()`) only.
     scalar_only: ClassVar[bool] = False
+
+    def kind(self) -> "Kind":
+        """What this operator computes, as a term of a fused sum: its class, for
+        an operator described by its class alone (the default)."""
+        return type(self)
 
     @classmethod
     @abc.abstractmethod
@@ -123,7 +144,43 @@ class _Itself:
         return q[Quantity.VALUE].reshape(out)
 
 
-Kind = type[AbstractDerivative] | type[_Itself]
+@dataclasses.dataclass(frozen=True)
+class PartialKind:
+    """A mixed partial derivative as a term of a fused sum (the kind of
+    `eqxderiv.Partial` and of `eqxderiv.TimeDerivative` of order other than 1):
+    its orders are data, not a class."""
+
+    x: tuple[int, ...]
+    t: int
+    label: str
+
+    scalar_only: ClassVar[bool] = False
+
+    @property
+    def __name__(self) -> str:  # pyright: ignore
+        return self.label
+
+    @property
+    def quantity(self) -> Need:
+        if not self.x and not self.t:
+            return Quantity.VALUE
+        return PartialDerivative(self.x, self.t)
+
+    @property
+    def needs(self) -> frozenset[Need]:
+        return frozenset({self.quantity})
+
+    def assemble(self, q: Quantities, out: tuple[int, ...], d: int) -> Array:
+        bad = [i for i in self.x if i >= d]
+        if bad:
+            raise ValueError(
+                f"{self.label}: `x` indexes the last axis of `x`, of size d = {d}; "
+                f"got the indices {self.x} (expected each in [0, {d}))."
+            )
+        return q[self.quantity].reshape(out)
+
+
+Kind = type[AbstractDerivative] | type[_Itself] | PartialKind
 
 
 def result_struct(
@@ -132,7 +189,7 @@ def result_struct(
     """Validates a field of output struct `out` on `d` inputs for `kind`; returns
     the struct of `kind`'s per-sample result."""
     name = kind.__name__
-    if Quantity.DT in kind.needs and not has_t:
+    if _needs_time(kind.needs) and not has_t:
         raise ValueError(
             f"{name} needs a time: call it as `op(x, t)` with `t` of shape "
             "(*batch,), (*batch, 1) or (); it was called without `t`."
@@ -142,7 +199,9 @@ def result_struct(
     if getattr(kind, "scalar_only", False):
         require_scalar(name, out.shape)
     m = math.prod(out.shape)
-    q = {n: jax.ShapeDtypeStruct(_SHAPES[n](m, d), out.dtype) for n in kind.needs}
+    q = {
+        n: jax.ShapeDtypeStruct(quantity_shape(n, m, d), out.dtype) for n in kind.needs
+    }
     return jax.eval_shape(lambda q_: kind.assemble(q_, out.shape, d), q)
 
 
@@ -179,7 +238,7 @@ class _Fused(AbstractOperator):
     selects: tuple[Component | None, ...]
 
     @property
-    def needs(self) -> frozenset[Quantity]:
+    def needs(self) -> frozenset[Need]:
         return frozenset().union(
             *(_whole_needs(k) if c is not None else k.needs
               for k, c in zip(self.kinds, self.selects))
@@ -290,17 +349,39 @@ _FROM_WHOLE: dict[Quantity, frozenset[Quantity]] = {
     Quantity.HESSIAN: frozenset({Quantity.HESSIAN}),
     Quantity.DIVERGENCE: frozenset({Quantity.JACOBIAN}),
     Quantity.ADVECTION: frozenset({Quantity.JACOBIAN, Quantity.VALUE}),
+    Quantity.BIHARMONIC: frozenset({Quantity.BIHARMONIC}),
+    Quantity.GRADLAPLACIAN: frozenset({Quantity.GRADLAPLACIAN}),
 }
 
 
-def _whole_needs(kind: Kind) -> frozenset[Quantity]:
-    return frozenset().union(*(_FROM_WHOLE[n] for n in kind.needs))
+def _from_whole(n: Need) -> frozenset[Any] | None:
+    """The whole field's quantities a component's `n` is read off, or `None`."""
+    if isinstance(n, PartialDerivative):
+        return frozenset({n})
+    return _FROM_WHOLE.get(n)
 
 
-def _restrict(q: Quantities, c: Component, needs: frozenset[Quantity]) -> Quantities:
+def _whole_needs(kind: Kind) -> frozenset[Any]:
+    return frozenset().union(*(_from_whole(n) or () for n in kind.needs))
+
+
+# The quantities whose rows are the component's.
+_ROWS = frozenset(
+    {
+        Quantity.VALUE,
+        Quantity.DT,
+        Quantity.LAPLACIAN,
+        Quantity.HESSIAN,
+        Quantity.BIHARMONIC,
+        Quantity.GRADLAPLACIAN,
+    }
+)
+
+
+def _restrict(q: Quantities, c: Component, needs: frozenset[Need]) -> Quantities:
     """The quantities `needs` of the component `c`, from those of its field."""
     idx = jnp.asarray(c.positions)
-    rows = needs & {Quantity.VALUE, Quantity.DT, Quantity.LAPLACIAN, Quantity.HESSIAN}
+    rows = {n for n in needs if isinstance(n, PartialDerivative)} | (needs & _ROWS)
     out: Quantities = {n: q[n][idx] for n in rows}
     if needs & {Quantity.JACOBIAN, Quantity.DIVERGENCE, Quantity.ADVECTION}:
         J = q[Quantity.JACOBIAN][idx]
@@ -315,7 +396,9 @@ def _restrict(q: Quantities, c: Component, needs: frozenset[Quantity]) -> Quanti
 def _unwrap(field: Field, kind: Kind) -> tuple[Field, Component | None]:
     """The field whose propagation a `kind` of `field` is read off, and the
     component of it `field` is (`None` where `field` is read as it is)."""
-    if isinstance(field, Component) and kind.needs <= _FROM_WHOLE.keys():
+    if isinstance(field, Component) and all(
+        _from_whole(n) is not None for n in kind.needs
+    ):
         return field.field, field
     return field, None
 
@@ -323,8 +406,9 @@ def _unwrap(field: Field, kind: Kind) -> tuple[Field, Component | None]:
 def _fused(op: "AbstractDerivative | _Fused") -> _Fused:
     if isinstance(op, _Fused):
         return op
-    field, select = _unwrap(op.field, type(op))
-    return _Fused(field, op.method, (type(op),), (1,), (select,))
+    kind = op.kind()
+    field, select = _unwrap(op.field, kind)
+    return _Fused(field, op.method, (kind,), (1,), (select,))
 
 
 def fused(field: Field, method: AbstractMethod, kinds: tuple[Kind, ...]) -> _Fused:

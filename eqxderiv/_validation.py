@@ -188,3 +188,36 @@ def check_call_key(key: Any, stochastic: bool, name: str) -> None:
             f"{name} uses a stochastic estimator and needs a PRNG key: call it "
             f"as `op(x, t, key=jax.random.key(0))`."
         )
+
+
+def check_order(value: Any, name: str) -> int:
+    """Validates a non-negative integer order of differentiation (a bool is
+    refused) and returns it as a Python int."""
+    n = as_int(value)
+    if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+        return n
+    raise ValueError(f"`{name}` must be a non-negative int; got {value!r}.")
+
+
+def as_indices(value: Any) -> Any:
+    """The converter of `Partial`'s `x`: an int or a sequence of ints to a tuple
+    of Python ints; anything else is returned as is, for `check_indices` to
+    refuse."""
+    if isinstance(value, (list, tuple)):
+        return tuple(as_int(v) for v in value)
+    n = as_int(value)
+    return (n,) if isinstance(n, int) and not isinstance(n, bool) else value
+
+
+def check_indices(value: Any, name: str) -> tuple[int, ...]:
+    """Validates a tuple of non-negative int indices (the upper bound, the size
+    of `x`, is only known at call time)."""
+    ok = isinstance(value, tuple) and all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
+    )
+    if not ok:
+        raise ValueError(
+            f"`{name}` must be an int or a tuple of ints, each a non-negative index "
+            f"into the last axis of `x`; got {value!r}."
+        )
+    return value

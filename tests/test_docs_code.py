@@ -12,7 +12,13 @@ from eqxderiv._engine import registry
 
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-PAGES = ["architecture.md", "getting-started.md", "operators.md", "composing.md"]
+PAGES = [
+    "architecture.md",
+    "getting-started.md",
+    "operators.md",
+    "composing.md",
+    "higher-order.md",
+]
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, NamedTuple
 import equinox as eqx
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._quantity import ESTIMATED, Quantities, Quantity
+from .._quantity import ESTIMATED, Need, Quantities
 
 
 class FieldProgram(NamedTuple):
@@ -55,7 +55,7 @@ class AbstractMethod(eqx.Module):
         field: FieldProgram,
         x: Float[Array, " d"],
         t: Float[Array, ""] | Float[Array, "1"] | None,
-        needs: frozenset[Quantity],
+        needs: frozenset[Need],
         key: PRNGKeyArray | None,
     ) -> Quantities:
         """Computes every quantity in `needs` at one sample.
@@ -73,6 +73,6 @@ class AbstractMethod(eqx.Module):
         """
 
 
-def needs_key(method: AbstractMethod, needs: frozenset[Quantity]) -> bool:
+def needs_key(method: AbstractMethod, needs: frozenset[Need]) -> bool:
     """Whether computing `needs` with `method` draws random numbers."""
     return method.stochastic and bool(needs & ESTIMATED)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._validation import as_int
+from .higher import DirectionalJet, nested_directional
 from .jet_method import AbstractJetMethod, JetPass, JetResult, forward_jet
 
 
@@ -37,3 +38,7 @@ class Forward(AbstractJetMethod):
 
     def jet(self, p: JetPass) -> JetResult:
         return forward_jet(p)
+
+    def higher_jet(self) -> DirectionalJet:
+        # K nested JVPs per direction, for derivatives of any order.
+        return nested_directional

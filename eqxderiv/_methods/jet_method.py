@@ -13,6 +13,14 @@ from .._quantity import ESTIMATED, Quantities, Quantity as Q
 from .._validation import check_count
 from .abstract import AbstractMethod, FieldProgram
 from .autodiff import Fn, at_time, exact_jacobian, hessian, time_derivative
+from .higher import (
+    DirectionalJet,
+    chunked,
+    higher_quantities,
+    is_higher,
+    nested_directional,
+    taylor_directional,
+)
 
 
 class JetPass(NamedTuple):
@@ -63,6 +71,10 @@ def forward_jet(p: JetPass) -> JetResult:
     return y[0], dy, s, c
 
 
+# The outer pass of the exact biharmonic carries (directions x d) coefficients
+# per value; without a `chunk_size`, at most this many.
+_OUTER_VALUES = 4096
+
 # Up to this many directions, the gradient of the divergence and a Laplacian share
 # one pass (see `AbstractJetMethod.compute`).
 _SHARED_PASS_MAX_DIRECTIONS = 64
@@ -99,10 +111,14 @@ class AbstractJetMethod(AbstractMethod):
         `tangents=False` the caller does not want the tangents, and a method may
         return `None` for them."""
 
-    def _chunked_jet(self, p: JetPass, nested: bool = False) -> JetResult:
+    def _chunked_jet(
+        self, p: JetPass, nested: bool = False, chunk: int | None = None
+    ) -> JetResult:
+        """The pass `p`, at most `chunk` (default: `chunk_size`) directions at a
+        time; by nested forward mode with `nested`."""
         jet = forward_jet if nested else self.jet
         k = p.tx.shape[0]
-        c = self.chunk_size
+        c = self.chunk_size if chunk is None else chunk
         if c is None or k <= c:
             return jet(p)
         # Bounded memory: propagate `c` directions at a time. Padding rows have
@@ -135,7 +151,114 @@ class AbstractJetMethod(AbstractMethod):
         # Every jet method's `chunk_size`, checked once (a bool is refused).
         check_count(self.chunk_size, "chunk_size", optional=True)
 
+    def biharmonic_directions(
+        self, d: int, dtype: Any, key: Any
+    ) -> tuple[Array, Array] | None:
+        """`None` for the exact biharmonic, the Laplacian of the Laplacian (see
+        `compute`); a stochastic method returns `(V, w)`: directions `(R, d)`
+        and weights `(R,)` with `Δ² f = E[sum_r w_r D^4 f[V_r]^4]`, for one
+        pass of order 4."""
+        return None
+
+    def higher_jet(self) -> DirectionalJet:
+        """How a pass of order three or more (or a mixed partial) is computed:
+        one collapsed Taylor-mode pass by default."""
+        return taylor_directional
+
     def compute(
+        self,
+        field: FieldProgram,
+        x: Array,
+        t: Array | None,
+        needs: frozenset[Any],
+        key: Any,
+    ) -> Quantities:
+        higher = frozenset(n for n in needs if is_higher(n))
+        grad_lap = Q.GRADLAPLACIAN in needs
+        # The gradient of the Laplacian gives the Laplacian as its primal.
+        base = needs - higher - {Q.GRADLAPLACIAN}
+        if grad_lap:
+            base = base - {Q.LAPLACIAN}
+        q = self._compute_to_second(field, x, t, base, key)
+        if grad_lap:
+            q[Q.LAPLACIAN], q[Q.GRADLAPLACIAN] = self._grad_laplacian(field, x, t, key)
+        if higher:
+            # As for second derivatives, a custom rule that computes its value by
+            # other code than its function is followed as nested autodiff does
+            # only by jvps of the whole field.
+            jet = self.higher_jet() if field.collapsible else nested_directional
+            if not field.collapsible:
+                warn_nested_second_derivatives()
+            bih = None
+            if Q.BIHARMONIC in higher:
+                bih = self.biharmonic_directions(
+                    x.shape[0],
+                    x.dtype,
+                    jax.random.fold_in(key, 4) if key is not None else None,
+                )
+                if bih is None:
+                    q[Q.BIHARMONIC] = self._laplacian_of_laplacian(field, x, t)
+                    higher = higher - {Q.BIHARMONIC}
+            q.update(
+                higher_quantities(
+                    field.forward, x, t, higher, chunked(jet, self.chunk_size), bih
+                )
+            )
+        return q
+
+    def _laplacian_of_laplacian(
+        self, field: FieldProgram, x: Array, t: Array | None
+    ) -> Array:
+        """The exact `Δ²f` `(m,)`: a collapsed Laplacian pass over the program of
+        a collapsed Laplacian pass.
+
+        The inner pass sums its second-order terms over the `d` directions
+        before the outer pass differentiates them, so the largest values it
+        carries are `(d, d, n)` for a layer of width `n`: one array of `d²`
+        directional coefficients, where a single pass of order 4 over the `d²`
+        directions of the polarized biharmonic carries three, and pays Faà di
+        Bruno's products on each (measured 4x slower on the benchmark's MLP at
+        d = 8 and 32; `benchmarks/run.py`).
+        """
+        d = x.shape[0]
+        V, w = jnp.eye(d, dtype=x.dtype), jnp.ones((d,), x.dtype)
+        nested = not field.collapsible
+
+        def laplacian(fn: Fn, a: Array, chunk: int | None) -> Array:
+            p = JetPass(fn, a, t, V, w, True, None, False)
+            S = self._chunked_jet(p, nested, chunk)[2]
+            assert S is not None
+            return S
+
+        # The outer pass's values are d times the inner pass's: without a
+        # `chunk_size`, it propagates at most `_OUTER_VALUES // d` directions at
+        # a time.
+        outer_chunk = self.chunk_size or max(1, _OUTER_VALUES // d)
+        inner = lambda a, s: laplacian(field.forward, a, self.chunk_size)  # noqa: E731
+        return laplacian(inner, x, outer_chunk)
+
+    def _grad_laplacian(
+        self, field: FieldProgram, x: Array, t: Array | None, key: Any
+    ) -> tuple[Array, Array]:
+        """`(Δf (m,), ∇Δf (m, d))`: reverse mode over the Laplacian pass (of
+        the same directions as the Laplacian, so the same estimate for a
+        stochastic method)."""
+        V, w, _ = self.directions(x.shape[0], x.dtype, key)
+        nested = not field.collapsible
+
+        def laplacian(a: Array) -> Array:
+            p = JetPass(field.forward, a, t, V, w, True, None, False)
+            S = self._chunked_jet(p, nested)[2]
+            assert S is not None
+            return S
+
+        if not field.reverse:
+            return laplacian(x), jax.jacfwd(laplacian)(x)
+        S, vjp = jax.vjp(laplacian, x)
+        (rows,) = jax.vmap(vjp)(jnp.eye(S.shape[0], dtype=S.dtype))
+        return S, rows
+
+    def _compute_to_second(
         self,
         field: FieldProgram,
         x: Array,
@@ -186,7 +309,7 @@ class AbstractJetMethod(AbstractMethod):
                 value, T, S, c = self._chunked_jet(
                     JetPass(fn, x_, t, V, w, with_second, contract, keep), nested
                 )
-                out = {Q.VALUE: value}
+                out: Quantities = {Q.VALUE: value}
                 if with_div:
                     assert c is not None
                     out[Q.DIVERGENCE] = c

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._quantity import Quantities, Quantity as Q
+from .._quantity import Need, PartialDerivative, Quantities, Quantity as Q
 from .abstract import AbstractMethod, FieldProgram
 from .autodiff import at_time
 
@@ -31,7 +31,7 @@ class Nested(AbstractMethod):
     # (One line per parameter, as the formatter would have it, repeats the
     # signature of `AbstractJetMethod.compute` line for line.)
     def compute(self, field: FieldProgram, x: Array, t: Array | None,
-                needs: frozenset[Q], key: Any) -> Quantities:  # fmt: skip
+                needs: frozenset[Need], key: Any) -> Quantities:  # fmt: skip
         fn, reverse, m = field.fn, field.reverse, field.size
         g = at_time(fn, t)
         q: Quantities = {Q.VALUE: g(x)}
@@ -53,4 +53,30 @@ class Nested(AbstractMethod):
             q[Q.ADVECTION] = q[Q.JACOBIAN] @ q[Q.VALUE]
         if Q.HESSIAN in needs:
             q[Q.HESSIAN] = hess(g)(x)
+        lap = lambda h: lambda a: jnp.trace(hess(h)(a), axis1=-2, axis2=-1)  # noqa: E731
+        if Q.BIHARMONIC in needs:
+            q[Q.BIHARMONIC] = lap(lap(g))(x)
+        if Q.GRADLAPLACIAN in needs:
+            q[Q.GRADLAPLACIAN] = jac(lap(g))(x)
+        for p in needs:
+            if isinstance(p, PartialDerivative):
+                q[p] = _partial(fn, x, t, p)
         return q
+
+
+def _partial(fn: Any, x: Array, t: Array | None, p: PartialDerivative) -> Array:
+    """`∂^α f` by one nested `jax.jvp` per index, along the coordinate."""
+    if p.t and t is None:
+        raise ValueError(f"The partial derivative {p} needs a time `t`.")
+    d = x.shape[0]
+    h = lambda a, s: fn(a, s)  # noqa: E731
+    for i in p.x:
+        e = jnp.zeros((d,), x.dtype).at[i].set(1)
+        h = (lambda h, e: lambda a, s: jax.jvp(lambda b: h(b, s), (a,), (e,))[1])(h, e)
+    for _ in range(p.t):
+        h = (
+            lambda h: (
+                lambda a, s: jax.jvp(lambda r: h(a, r), (s,), (jnp.ones_like(s),))[1]
+            )
+        )(h)
+    return h(x, t)

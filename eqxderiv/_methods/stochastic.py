@@ -137,6 +137,15 @@ class Hutchinson(AbstractStochasticMethod):
             V = jax.random.normal(key, shape, dtype=dtype)
         return V, jnp.full((self.num_probes,), 1 / self.num_probes, dtype), False
 
+    def biharmonic_directions(
+        self, d: int, dtype: Any, key: Any
+    ) -> tuple[Array, Array]:
+        # Gaussian probes whatever `probe` says: E[D^4 f[v]^4] = 3 Δ²f holds for
+        # v ~ N(0, I) (Isserlis), while Rademacher probes give
+        # 3 Δ²f - 2 sum_i ∂_i^4 f.
+        V = jax.random.normal(key, (self.num_probes, d), dtype=dtype)
+        return V, jnp.full((self.num_probes,), 1 / (3 * self.num_probes), dtype)
+
 
 class SparseSampling(AbstractStochasticMethod):
     """Sparse sampling of input dimensions (as in stochastic Taylor derivative
@@ -183,3 +192,23 @@ class SparseSampling(AbstractStochasticMethod):
         idx = jax.random.randint(key, (self.num_samples,), 0, d)
         V = jax.nn.one_hot(idx, d, dtype=dtype)
         return V, jnp.full((self.num_samples,), d / self.num_samples, dtype), False
+
+    def biharmonic_directions(
+        self, d: int, dtype: Any, key: Any
+    ) -> tuple[Array, Array]:
+        # K ordered pairs (i, j) drawn uniformly: Δ²f = d² E[∂_i²∂_j² f], each
+        # term by four directions (one for i = j).
+        K = self.num_samples
+        ki, kj = jax.random.split(key)
+        i = jax.random.randint(ki, (K,), 0, d)
+        j = jax.random.randint(kj, (K,), 0, d)
+        ei, ej = jax.nn.one_hot(i, d, dtype=dtype), jax.nn.one_hot(j, d, dtype=dtype)
+        same = (i == j)[:, None]
+        # ∂_i²∂_j² f = (D_{e_i+e_j} + D_{e_i-e_j} - 2 D_{e_i} - 2 D_{e_j}) / 12 for
+        # i != j, with D_v = D^4 f[v]^4; D_{e_i} alone for i = j.
+        c = jnp.where(same, 0, 1 / 12).astype(dtype)
+        a = jnp.where(same, 1, -1 / 6).astype(dtype)
+        b = jnp.where(same, 0, -1 / 6).astype(dtype)
+        V = jnp.concatenate([ei + ej, ei - ej, ei, ej])
+        w = jnp.concatenate([c, c, a, b])[:, 0] * (d * d / K)
+        return V, w.astype(dtype)

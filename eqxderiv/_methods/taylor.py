@@ -13,7 +13,7 @@ from .._engine import (
     compressed_second,
     divergence_in_closed_form,
 )
-from .._quantity import Quantities, Quantity as Q
+from .._quantity import Need, Quantities, Quantity as Q
 from .._validation import as_int
 from .abstract import FieldProgram
 from .jet_method import AbstractJetMethod, JetPass, JetResult
@@ -96,7 +96,7 @@ class Taylor(AbstractJetMethod):
         field: FieldProgram,
         x: Array,
         t: Array | None,
-        needs: frozenset[Q],
+        needs: frozenset[Need],
         key: Any,
     ) -> Quantities:
         wanted = needs & _DIVERGENCES

@@ -1,0 +1,36 @@
+from typing import ClassVar
+
+from jaxtyping import Array
+
+from ._abstract_derivative import AbstractDerivative
+from ._quantity import Quantities, Quantity
+
+
+class Biharmonic(AbstractDerivative):
+    """The biharmonic in `x`, componentwise for vector fields:
+    $\\Delta^2 f_i = \\sum_{j, k} \\partial^4 f_i / \\partial x_j^2 \\partial x_k^2$.
+
+    By default one collapsed Taylor-mode pass of order 4 over $d^2$ directions
+    (no fourth-derivative tensor is formed; see
+    [Higher-order operators](higher-order.md)). `Laplacian(Laplacian(u))` gives
+    the same numbers by nesting. For large `d`, `eqxderiv.Hutchinson` (Gaussian
+    probes) and `eqxderiv.SparseSampling` (random coordinate pairs) estimate it
+    without bias.
+
+    ```python
+    plate = eqxderiv.Biharmonic(u)  # Kirchhoff plate: D * Biharmonic(w) = q
+    ```
+
+    **Arguments:**
+
+    - `field`: a callable `f(x)` or `f(x, t)` on one sample, output `(*out)`.
+    - `method`: as for `eqxderiv.Laplacian`.
+
+    **Returns:** calling it on `x` `(*batch, d)` gives `(*batch, *out)`.
+    """
+
+    needs: ClassVar[frozenset[Quantity]] = frozenset({Quantity.BIHARMONIC})
+
+    @classmethod
+    def assemble(cls, q: Quantities, out: tuple[int, ...], d: int) -> Array:
+        return q[Quantity.BIHARMONIC].reshape(out)
