@@ -55,7 +55,9 @@ def shares_probes(method: Any) -> bool:
 
 
 class Hutchinson(AbstractStochasticMethod):
-    """Hutchinson's trace estimator for `Divergence`, `Laplacian` and `GradDiv`.
+    """Hutchinson's trace estimator for `Divergence`, `Laplacian` and `GradDiv`
+    (and `GradLaplacian`, `Biharmonic`; see
+    [Higher-order operators](higher-order.md#stochastic-estimators-at-large-d)).
 
     With $K$ independent probes $v_k$ of zero mean and identity covariance,
 
@@ -149,7 +151,9 @@ class Hutchinson(AbstractStochasticMethod):
 
 class SparseSampling(AbstractStochasticMethod):
     """Sparse sampling of input dimensions (as in stochastic Taylor derivative
-    estimators, STDE): $K$ coordinates $i_k$ drawn uniformly with replacement,
+    estimators, STDE): $K$ coordinates $i_k$ drawn uniformly with replacement
+    (for `Biharmonic`, $K$ pairs of coordinates; see
+    [Higher-order operators](higher-order.md#stochastic-estimators-at-large-d)),
 
     $$\\Delta f \\approx \\frac{d}{K}\\sum_k \\partial^2_{i_k i_k} f, \\qquad
     \\nabla\\cdot f \\approx \\frac{d}{K}\\sum_k \\partial_{i_k} f_{i_k}.$$

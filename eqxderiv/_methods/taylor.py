@@ -65,7 +65,10 @@ class Taylor(AbstractJetMethod):
 
     - `chunk_size`: propagate at most this many input directions at a time, to
         bound memory for large `d` (the value is recomputed per chunk). `None`
-        propagates all directions at once.
+        propagates all directions at once, except in passes of order three and
+        more, which propagate at most 1024 directions at a time, and in the
+        outer pass of the biharmonic, at most `4096 // d` (see
+        [Higher-order operators](higher-order.md)).
     - `compress`: allow the compression (default `True`). Values and parameter
         gradients agree either way; second derivatives with respect to the
         parameters through a rank-deficient first layer are exact only with
