@@ -129,7 +129,7 @@ def collapsible(jaxpr: core.Jaxpr) -> bool:
     return True
 
 
-def _evaluate(
+def evaluate(
     jaxpr: core.Jaxpr, consts: Any, args: Any, forward_rules: bool
 ) -> list[Any]:
     """Evaluates `jaxpr`. With `forward_rules`, every `custom_vjp` call is bound
@@ -159,7 +159,7 @@ def _evaluate(
                 eqn.params[_CALLS[name]].jaxpr
             ):
                 inner = eqn.params[_CALLS[name]]
-                outs = _evaluate(inner.jaxpr, inner.consts, ins, True)
+                outs = evaluate(inner.jaxpr, inner.consts, ins, True)
             else:
                 outs = bind(eqn, ins)
         env.update(zip(eqn.outvars, outs))
@@ -192,12 +192,12 @@ def trace_field(fn: Callable[[Any, Any], Any], x: Any, t: Any) -> Program:
     consts = closed.consts
 
     def evaluator(forward_rules: bool) -> Callable[[Any, Any], Any]:
-        def evaluate(x_: Any, t_: Any) -> Any:
+        def call(x_: Any, t_: Any) -> Any:
             leaves = jax.tree.leaves((x_, t_))
-            (y,) = _evaluate(closed.jaxpr, consts, leaves, forward_rules)
+            (y,) = evaluate(closed.jaxpr, consts, leaves, forward_rules)
             return y
 
-        return evaluate
+        return call
 
     call = evaluator(False)
     custom_vjp = names & {"custom_vjp_call", "custom_vjp_call_jaxpr"}

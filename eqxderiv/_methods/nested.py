@@ -60,7 +60,8 @@ class Nested(AbstractMethod):
             q[Q.GRADLAPLACIAN] = jac(lap(g))(x)
         for p in needs:
             if isinstance(p, PartialDerivative):
-                q[p] = _partial(fn, x, t, p)
+                # Nested JVPs: `forward` is the field in a form they accept.
+                q[p] = _partial(field.forward, x, t, p)
         return q
 
 

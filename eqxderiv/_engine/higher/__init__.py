@@ -7,7 +7,7 @@ unregistered primitive is handled), `rules.py` (the rules), `fallback.py`
 (nested `jax.jvp`, exact for any primitive), `interpreter.py` and `entry.py`.
 """
 
-from . import rules as rules
+from . import control as control, rules as rules
 from .entry import collapsed_taylor as collapsed_taylor
 from .fallback import derivatives_along as derivatives_along
 from .jet import TaylorContext as TaylorContext, TaylorJet as TaylorJet

@@ -1,11 +1,15 @@
 """The order-K engine's entry point."""
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from ..program import collapsible, evaluate
+from ..registry import warn_nested_second_derivatives
+from .fallback import derivatives_along
 from .interpreter import eval_taylor_jaxpr
 from .jet import TaylorContext, TaylorJet, is_float
 
@@ -37,7 +41,11 @@ def collapsed_taylor(
     computed in one pass that carries the derivatives of orders below `K` per
     direction and the order-`K` term summed (see `jet.py`). Every primitive is
     handled exactly: those without a rule by nested `jax.jvp` along each
-    direction, with a one-time `eqxderiv.FallbackWarning`.
+    direction, with a one-time `eqxderiv.FallbackWarning`. Where a custom rule
+    computes its value by other code than its function (see
+    `eqxderiv._engine.program.collapsible`), nested autodiff differentiates that
+    code, and so does this function: by `K` nested `jax.jvp`s of all of `fn`
+    per direction, with the same warning.
     """
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"`order` must be an int >= 1; got {order!r}.")
@@ -66,6 +74,9 @@ def collapsed_taylor(
         )
     real = jnp.real(jnp.zeros((), primal.dtype)).dtype
     weights = weights.astype(real)
+    if not collapsible(closed.jaxpr):
+        warn_nested_second_derivatives()
+        return _nested(closed, primal, directions, weights, order)
     ctx = TaylorContext(order, weights)
     if order == 1:
         arg = TaylorJet(primal, (), weights.T.astype(primal.dtype) @ directions)
@@ -79,3 +90,23 @@ def collapsed_taylor(
     J = weights.shape[1]
     top = jnp.zeros((J, *y.shape), y.dtype) if out.top is None else out.top
     return y, top
+
+
+def _nested(
+    closed: Any, primal: Array, directions: Array, weights: Array, order: int
+) -> tuple[Array, Array]:
+    """`order` nested `jax.jvp`s of the traced function per direction (its
+    `custom_vjp` functions given the transpose of their VJP as a forward rule,
+    as `jax.hessian` sees them), weighted and summed."""
+
+    def g(a: Array) -> Array:
+        (y,) = evaluate(closed.jaxpr, closed.consts, [a], True)
+        return y
+
+    def one(v: Array) -> Array:
+        zero = jnp.zeros((), weights.dtype)
+        return derivatives_along(lambda s: g(primal + s * v), order)(zero)[order]
+
+    tops = jax.vmap(one)(directions)
+    top = jnp.tensordot(weights.astype(tops.dtype), tops, axes=[[0], [0]])
+    return g(primal), top

@@ -52,9 +52,14 @@ def taylor_fallback(
     fn: Callable[..., Sequence[Any]],
     jets: Sequence[TaylorJet],
     what: str,
+    warn: bool = True,
 ) -> list[TaylorJet]:
-    """The jets of `fn(*primals)` (a list of outputs) by nested `jax.jvp`."""
-    _warn(what)
+    """The jets of `fn(*primals)` (a list of outputs) by nested `jax.jvp`; with
+    `warn`, a one-time `FallbackWarning` naming `what`. (Without: the rule of an
+    elementwise map of several operands, whose nested JVPs are elementwise work
+    that XLA fuses, about what Faà di Bruno's products would cost.)"""
+    if warn:
+        _warn(what)
     K = ctx.order
     primals = [jnp.asarray(j.primal) for j in jets]
     live = [i for i, j in enumerate(jets) if j.live]

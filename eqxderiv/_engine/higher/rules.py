@@ -235,7 +235,35 @@ def _elementwise(
                     acc = _add(acc, parts[i] * lift(jnp.asarray(c), y.ndim))
             per.append(None if acc is None else [acc])
         return _assemble([y], per, ctx.order)
-    return taylor_fallback(ctx, lambda *a: [fn(*a)], jets, f"primitive '{name}'")
+    # Several live operands with curvature (`div`, `pow`, `atan2`): the
+    # univariate expansion along each direction, elementwise.
+    return taylor_fallback(ctx, lambda *a: [fn(*a)], jets, name, warn=False)
+
+
+def _elementwise_in_each(
+    fn: Callable[..., Sequence[Any]], jets: list[TaylorJet]
+) -> bool:
+    """Whether `fn` (one real output) is an elementwise function of each of its
+    live operands, all real and of its output's shape (its JVP included, as JAX
+    traces it)."""
+    live = [i for i, j in enumerate(jets) if j.live]
+    primals = [jnp.asarray(j.primal) for j in jets]
+    structs = jax.eval_shape(lambda *a: list(fn(*a)), *primals)
+    if len(structs) != 1 or not jnp.issubdtype(structs[0].dtype, jnp.floating):
+        return False
+    for i in live:
+        z = primals[i]
+        if z.shape != structs[0].shape or not jnp.issubdtype(z.dtype, jnp.floating):
+            return False
+
+        def g(a: Any, i: int = i) -> Any:
+            new = list(primals)
+            new[i] = a
+            return fn(*new)[0]
+
+        if not diagonal_jvp(g, z):
+            return False
+    return True
 
 
 def _elementwise_function(
@@ -298,7 +326,11 @@ def _custom(
     derivatives as JAX's `jvp` gives them (the rule, then the rule
     differentiated, as nested autodiff does), any other by the fallback."""
     outs = _elementwise_function(ctx, fn, jets)
-    return taylor_fallback(ctx, fn, jets, what) if outs is None else outs
+    if outs is not None:
+        return outs
+    # Elementwise in several live operands (`logaddexp`): elementwise work.
+    warn = not _elementwise_in_each(fn, jets)
+    return taylor_fallback(ctx, fn, jets, what, warn=warn)
 
 
 def _custom_jvp(
@@ -324,12 +356,20 @@ def _custom_vjp(
     return _custom(ctx, lambda *a: list(g(*a)), sub, "a custom_vjp function")
 
 
+def _inexact(v: Any) -> bool:
+    dtype = getattr(v.aval, "dtype", None)
+    return dtype is not None and bool(jnp.issubdtype(dtype, jnp.inexact))
+
+
 def _default(
     ctx: TaylorContext, eqn: core.JaxprEqn, jets: list[TaylorJet]
 ) -> list[TaylorJet]:
     """A primitive without a rule of its own: what the order-2 table records
     about it decides (see `registry.py`)."""
     name = eqn.primitive.name
+    if not any(_inexact(v) for v in eqn.outvars):
+        # A comparison, an integer: no derivative at all.
+        return const_jets(bind(eqn, [j.primal for j in jets]), ctx.order)
     live = [i for i, j in enumerate(jets) if j.live]
     info = order2.RULES.get(name)
     if info is not None:
@@ -345,8 +385,28 @@ def _default(
     return taylor_fallback(ctx, lambda *a: bind(eqn, a), jets, f"primitive '{name}'")
 
 
+def _reduce_chooser(
+    ctx: TaylorContext, eqn: core.JaxprEqn, jets: list[TaylorJet]
+) -> list[TaylorJet]:
+    """`reduce_max` / `reduce_min`: every order follows the extremum (ties share
+    it evenly, as JAX's rule does; the selection is piecewise constant)."""
+    (x,) = jets
+    axes = tuple(eqn.params["axes"])
+    (y,) = bind(eqn, [x.primal])
+    hit = jnp.equal(x.primal, jnp.expand_dims(y, axes)).astype(y.dtype)
+    hit = hit / jnp.sum(hit, axis=axes, keepdims=True)
+    shifted = tuple(a + 1 for a in axes)
+    per: Coefs = [
+        None if c is None else [jnp.sum(c * hit, axis=shifted)]
+        for c in coefficients(x)[1:]
+    ]
+    return _assemble([y], per, ctx.order)
+
+
 def _register() -> None:
     DEFAULT.append(_default)
+    register_taylor_rule("reduce_max", _reduce_chooser)
+    register_taylor_rule("reduce_min", _reduce_chooser)
     for name, param in (
         ("jit", "jaxpr"),
         ("pjit", "jaxpr"),
