@@ -3,11 +3,13 @@ for every value, its derivatives of orders `1, ..., K - 1` along each of R
 directions and its order-K derivatives summed with weights (see `jet.py`).
 
 Layout: `jet.py` (the data types), `registry.py` (the rule table and how an
-unregistered primitive is handled), `rules.py` (the rules), `fallback.py`
-(nested `jax.jvp`, exact for any primitive), `interpreter.py` and `entry.py`.
+unregistered primitive is handled), `rules.py` (the rules; `control.py` for
+`cond`, `scan` and `while`, `linear_solve.py` for `custom_linear_solve`),
+`fallback.py` (nested `jax.jvp`, exact for any primitive), `interpreter.py` and
+`entry.py`.
 """
 
-from . import control as control, rules as rules
+from . import control as control, linear_solve as linear_solve, rules as rules
 from .entry import collapsed_taylor as collapsed_taylor
 from .fallback import derivatives_along as derivatives_along
 from .jet import TaylorContext as TaylorContext, TaylorJet as TaylorJet

@@ -403,8 +403,35 @@ def _reduce_chooser(
     return _assemble([y], per, ctx.order)
 
 
+def _tree_prod(a: Any, axes: tuple[int, ...]) -> Any:
+    """The product over `axes` as a tree of elementwise products (halves
+    multiplied, padded with ones), `log2(n)` levels deep."""
+    rest = [i for i in range(a.ndim) if i not in axes]
+    a = jnp.transpose(a, (*axes, *rest))
+    kept = a.shape[len(axes) :]
+    a = a.reshape((-1, *kept))
+    while a.shape[0] > 1:
+        if a.shape[0] % 2:
+            a = jnp.concatenate([a, jnp.ones((1, *kept), a.dtype)])
+        a = a[0::2] * a[1::2]
+    return a[0]
+
+
+def _reduce_prod(
+    ctx: TaylorContext, eqn: core.JaxprEqn, jets: list[TaylorJet]
+) -> list[TaylorJet]:
+    """`reduce_prod` as the products of `_tree_prod`, interpreted (Leibniz's
+    rule at every level): a polynomial, whose derivatives have no conventions
+    to follow."""
+    axes = tuple(eqn.params["axes"])
+    x = jnp.asarray(jets[0].primal)
+    closed = jax.make_jaxpr(lambda a: _tree_prod(a, axes))(x)
+    return eval_taylor_jaxpr(ctx, closed.jaxpr, closed.consts, jets)
+
+
 def _register() -> None:
     DEFAULT.append(_default)
+    register_taylor_rule("reduce_prod", _reduce_prod)
     register_taylor_rule("reduce_max", _reduce_chooser)
     register_taylor_rule("reduce_min", _reduce_chooser)
     for name, param in (
