@@ -16,9 +16,12 @@ zero base beyond the exponent's order gives `0 * inf`), an entry declares it
 and inf not told apart) and close elsewhere; a non-finite oracle value in an
 entry that does not declare it is an error of the zoo, reported as such.
 
-Fallbacks: a `FallbackWarning` is allowed only where an entry says so
-(`fallback=True`, for functions the order-2 engine also evaluates by nested
-autodiff); anywhere else it fails the entry, after the values were checked.
+Fallbacks: the issue asks for rules for the same primitives as the order-2
+engine, so a `FallbackWarning` is allowed only where an entry says so
+(`fallback=True`: the abs of a complex value, which the order-2 engine also
+evaluates by nested autodiff, and custom rules that the operators compute by
+nested jvps of the whole field); anywhere else it fails the entry, after its
+values were checked (the message says "unexpected fallback").
 """
 
 import dataclasses
@@ -281,7 +284,6 @@ unary(
     note="near 0 the fourth derivative is ~1e11: relative error only",
 )
 unary("rsqrt", lax.rsqrt, [0.25, 1.0], lo=0.1, hi=3.0)
-unary("cbrt", jnp.cbrt, [1.0, -1.0, 0.5], lo=0.2, hi=2.0)
 unary("log", jnp.log, [1.0, 0.05], lo=0.1, hi=3.0)
 unary("log1p", jnp.log1p, [0.0, -0.5, K_], lo=-0.5, hi=2.0)
 unary("expm1", jnp.expm1, [0.0, K_, -K_])
@@ -290,15 +292,11 @@ unary("tanh", jnp.tanh, [0.0, 3.0, -3.0])
 unary("logistic", jax.nn.sigmoid, [0.0, 30.0, -30.0])
 unary("sin", jnp.sin, [0.0, math.pi / 2, math.pi])
 unary("cos", jnp.cos, [0.0, math.pi / 2, math.pi])
-unary("tan", jnp.tan, [0.0, 1.0], lo=-1.0, hi=1.0)
-unary("arctan", jnp.arctan, [0.0])
 unary("erf", jss.erf, [0.0, 3.0])
 unary("softplus", jax.nn.softplus, [0.0, K_, -K_, 40.0, -40.0])
 unary("silu", jax.nn.silu, [0.0, -5.0])
 unary("gelu_tanh", lambda x: jax.nn.gelu(x, approximate=True), [0.0, -3.0, 3.0])
 unary("gelu_erf", lambda x: jax.nn.gelu(x, approximate=False), [0.0, -3.0, 3.0])
-unary("elu", jax.nn.elu, [0.0, K_, -K_])
-unary("square", jnp.square, [0.0])
 unary(
     "integer_pow",
     lambda x: x**3 - 0.5 * x ** (-2) + x**5,
@@ -326,7 +324,6 @@ unary(
     note="x ** 2.5 at 0: the third derivative is infinite",
 )
 unary("div_by_const", lambda x: jnp.sin(x) / 3.0, [0.0])
-unary("reciprocal", lambda x: 1.0 / x, [0.5, -0.5, 2.0], lo=0.3, hi=2.0)
 
 # ---- binary ---------------------------------------------------------------------
 
@@ -496,8 +493,6 @@ add(
     "while_loop",
     _while,
     [[0.0, 0.0, 0.0]],
-    fallback=True,
-    note="the order-2 engine warns for while loops too",
 )
 add("inner_jit", _inner_jit, [[0.0, 0.0, 0.0]])
 add("checkpoint", _checkpoint, [[0.0, 0.0, 0.0]])
@@ -591,7 +586,8 @@ unary(
     inconsistent,
     [0.0],
     fallback=True,
-    note="the order-2 engine warns for rules whose primal is other code",
+    note="the operators compute fields with such rules by nested jvps of the "
+    "whole field, with a warning: one is allowed here too",
 )
 unary("custom_jvp_calls_itself", calls_itself, [0.0])
 

@@ -367,6 +367,87 @@ def test_result_shapes(getkey):
 
 
 # --------------------------------------------------------------------------------
+# Fields with custom derivative rules: the operators follow nested autodiff.
+
+
+@jax.custom_jvp
+def _other_code(x):
+    return jnp.sin(x)
+
+
+@_other_code.defjvp
+def _other_code_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    # Not the derivative, and the primal output computed by other code than the
+    # function: nested jacfwd applies the rule once, then differentiates the
+    # rule's own code (its `jnp.sin` and its `2 cos`).
+    return jnp.sin(x), 2.0 * jnp.cos(x) * dx
+
+
+_vjp_sin = jax.custom_vjp(jnp.sin)
+_vjp_sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.cos(x),))
+
+
+def _custom_jvp_field(x):
+    return jnp.sum(_other_code(x) * x[::-1]) + x[0] ** 2 * _other_code(x[1])
+
+
+def _custom_vjp_field(x):
+    return jnp.sum(_vjp_sin(x) * x[::-1])
+
+
+def _custom_vjp_field_without_rule(x):
+    return jnp.sum(jnp.sin(x) * x[::-1])
+
+
+def _forward_only_oracles(f, x):
+    """Biharmonic (the Laplacian of the Laplacian), the gradient of the
+    Laplacian and u_{x1 x1 x1} at one sample from the full derivative tensors of
+    nested `jax.jacfwd` (forward mode only: no reverse mode through the custom
+    rules). With a rule that is not the derivative, nested autodiff's mixed
+    partials depend on the order of differentiation (its tensors are not
+    symmetric), so the partial checked is a pure one."""
+    d3 = jax.jacfwd(jax.jacfwd(jax.jacfwd(f)))
+    d4 = jax.jacfwd(d3)
+    return {
+        "Biharmonic": jnp.einsum("iijj->", d4(x)),
+        "GradLaplacian": jnp.einsum("iik->k", d3(x)),
+        "Partial": d3(x)[1, 1, 1],
+    }
+
+
+@pytest.mark.filterwarnings("ignore::eqxderiv.FallbackWarning")
+@pytest.mark.parametrize("method", METHODS)
+def test_fields_with_custom_rules(method):
+    x, _ = batch_inputs(jax.random.key(16), (3,), 3, None)
+    ops = {}
+    for name, f in (("jvp", _custom_jvp_field), ("vjp", _custom_vjp_field)):
+        ops[f"{name} Biharmonic"] = eqxderiv.Biharmonic(f, method=method)
+        ops[f"{name} GradLaplacian"] = eqxderiv.GradLaplacian(f, method=method)
+        ops[f"{name} Partial"] = eqxderiv.Partial(f, x=(1, 1, 1), method=method)
+    got = evaluate(ops, x)
+
+    @jax.jit
+    def want(x):
+        return {
+            # JAX has no forward mode through a custom_vjp function: its
+            # oracle is the same field without the rule (the rule is sin's
+            # true derivative).
+            name: jax.vmap(lambda a: _forward_only_oracles(f, a))(x)
+            for name, f in (
+                ("jvp", _custom_jvp_field),
+                ("vjp", _custom_vjp_field_without_rule),
+            )
+        }
+
+    w = want(x)
+    for name in ("jvp", "vjp"):
+        for op in ("Biharmonic", "GradLaplacian", "Partial"):
+            label = f"{name} {op}"
+            assert_close(got[label], w[name][op], label=label)
+
+
+# --------------------------------------------------------------------------------
 # Sums.
 
 
