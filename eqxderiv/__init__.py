@@ -18,7 +18,10 @@ from ._engine import (
     FallbackWarning as FallbackWarning,
     Jet as Jet,
     JetContext as JetContext,
+    TaylorContext as TaylorContext,
+    TaylorJet as TaylorJet,
     register_rule as register_rule,
+    register_taylor_rule as register_taylor_rule,
 )
 from ._flax import FlaxField as FlaxField, from_flax as from_flax
 from ._grad import Grad as Grad

@@ -10,7 +10,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 import eqxderiv
-from eqxderiv._engine import collapsed_jet, registry
+from eqxderiv._engine import collapsed_jet, collapsed_taylor, registry
 
 
 jax.config.update("jax_enable_x64", True)
@@ -105,3 +105,83 @@ def test_register_rule_checks_its_arguments(clean_registry, no_typecheck):
         eqxderiv.register_rule(cube_p)
     with pytest.raises(TypeError, match="must be callable"):
         eqxderiv.register_rule(cube_p, 3)  # pyright: ignore
+
+
+@pytest.fixture
+def clean_taylor_registry(monkeypatch):
+    from eqxderiv._engine.higher import registry as higher
+
+    monkeypatch.setattr(registry, "RULES", dict(registry.RULES))
+    monkeypatch.setattr(higher, "RULES", dict(higher.RULES))
+    monkeypatch.setattr(registry, "_WARNED", set())
+
+
+def _nested_order(fn, x, v, w, order):
+    """`sum_k w_k d^order/ds^order fn(x + s v_k)` by nested jvp, per direction."""
+
+    def along(vk):
+        g = lambda s: fn(x + s * vk)  # noqa: E731
+        for _ in range(order):
+            g = (lambda g: lambda s: jax.jvp(g, (s,), (jnp.ones_like(s),))[1])(g)
+        return g(jnp.zeros(()))
+
+    return jnp.sum(w * jax.vmap(along)(v))
+
+
+@pytest.mark.parametrize("order", [3, 4])
+def test_higher_orders_fall_back_without_a_taylor_rule(clean_taylor_registry, order):
+    # The linear primitive needs nothing more than its order-2 registration.
+    eqxderiv.register_rule(scale_p.name, linear_in=(0,))
+    eqxderiv.register_rule(cube_p, _cube_rule)
+    with pytest.warns(eqxderiv.FallbackWarning) as record:
+        _, top = collapsed_taylor(_field, X, V, W[:, None], order)
+    messages = " ".join(str(r.message) for r in record)
+    assert cube_p.name in messages and scale_p.name not in messages
+    want = _nested_order(_field, X, V, W, order)
+    np.testing.assert_allclose(top[0], want, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("order", [3, 4])
+def test_an_elementwise_taylor_rule(clean_taylor_registry, order):
+    eqxderiv.register_rule(scale_p.name, linear_in=(0,))
+    eqxderiv.register_taylor_rule(cube_p, elementwise=True)
+    # No warning: warnings are errors in this test suite.
+    _, top = jax.jit(lambda x: collapsed_taylor(_field, x, V, W[:, None], order))(X)
+    want = _nested_order(_field, X, V, W, order)
+    np.testing.assert_allclose(top[0], want, rtol=1e-11, atol=1e-11)
+    # And through an operator, against nested jax.jacfwd.
+    d4 = jax.jacfwd(jax.jacfwd(jax.jacfwd(jax.jacfwd(_field))))(X)
+    got = eqxderiv.Partial(_field, x=(0, 0, 0, 0))(X[None])
+    np.testing.assert_allclose(got[0], d4[0, 0, 0, 0], rtol=1e-10)
+    got = eqxderiv.Partial(_field, x=(2, 2, 2))(X[None])
+    want = jax.jacfwd(jax.jacfwd(jax.jacfwd(_field)))(X)[2, 2, 2]
+    np.testing.assert_allclose(got[0], want, rtol=1e-10)
+
+
+def test_a_taylor_rule_is_used(clean_taylor_registry):
+    calls = []
+
+    def rule(ctx, eqn, jets):
+        # cube(u) = u * u * u by the engine's own products.
+        calls.append(ctx.order)
+        u = jets[0]
+        closed = jax.make_jaxpr(lambda a: a * a * a)(jnp.asarray(u.primal))
+        from eqxderiv._engine.higher.interpreter import eval_taylor_jaxpr
+
+        return eval_taylor_jaxpr(ctx, closed.jaxpr, closed.consts, jets)
+
+    eqxderiv.register_rule(scale_p.name, linear_in=(0,))
+    eqxderiv.register_taylor_rule(cube_p.name, rule)
+    _, top = collapsed_taylor(_field, X, V, W[:, None], 3)
+    assert calls == [3]
+    want = _nested_order(_field, X, V, W, 3)
+    np.testing.assert_allclose(top[0], want, rtol=1e-11, atol=1e-11)
+
+
+def test_register_taylor_rule_checks_its_arguments(clean_taylor_registry, no_typecheck):
+    with pytest.raises(ValueError, match="pass a `rule`, or `elementwise=True`"):
+        eqxderiv.register_taylor_rule(cube_p)
+    with pytest.raises(ValueError, match="not both"):
+        eqxderiv.register_taylor_rule(cube_p, _cube_rule, elementwise=True)  # pyright: ignore
+    with pytest.raises(TypeError, match="must be callable"):
+        eqxderiv.register_taylor_rule(cube_p, 3)  # pyright: ignore

@@ -21,7 +21,12 @@ from .entry import (
     compressed_second as compressed_second,
 )
 from .factored import divergence_in_closed_form as divergence_in_closed_form
-from .higher import collapsed_taylor as collapsed_taylor
+from .higher import (
+    TaylorContext as TaylorContext,
+    TaylorJet as TaylorJet,
+    collapsed_taylor as collapsed_taylor,
+    register_taylor_rule as register_taylor_rule,
+)
 from .jet import Jet as Jet, JetContext as JetContext, Rule as Rule
 from .program import trace_field as trace_field
 from .registry import (

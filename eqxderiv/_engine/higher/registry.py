@@ -24,12 +24,61 @@ TaylorRule = Callable[[TaylorContext, core.JaxprEqn, list[TaylorJet]], list[Tayl
 
 RULES: dict[str, TaylorRule] = {}
 
-# Set by `rules.py` on import: the rule for a primitive without an entry.
+# Set by `rules.py` on import: the rule for a primitive without an entry, and
+# the rule of an elementwise primitive.
 DEFAULT: list[TaylorRule] = []
+ELEMENTWISE: list[TaylorRule] = []
 
 
-def register_taylor_rule(name: str, rule: TaylorRule) -> None:
-    """Registers the order-K rule of the primitive called `name`."""
+def register_taylor_rule(
+    primitive: core.Primitive | str,
+    rule: TaylorRule | None = None,
+    *,
+    elementwise: bool = False,
+) -> None:
+    """Registers the rule of a primitive for derivatives of order three and more
+    (and mixed partials): the `Partial`, `Biharmonic` passes and the stochastic
+    biharmonic. Without one, a primitive registered with
+    [`eqxderiv.register_rule`][] as linear (`linear_in`) or as a product
+    (`bilinear`) is handled at every order from that alone; any other goes
+    through nested `jax.jvp` along each direction (exact, with a one-time
+    `eqxderiv.FallbackWarning`).
+
+    **Arguments:**
+
+    - `primitive`: the primitive, or its name.
+    - `rule`: `rule(ctx, eqn, jets) -> list[TaylorJet]`. `ctx` is an
+        [`eqxderiv.TaylorContext`][] (`ctx.order` is `K`, `ctx.weights` the
+        `(R, J)` weights, `ctx.wsum(x)` sums `(R, ...)` to `(J, ...)`); each jet
+        is an [`eqxderiv.TaylorJet`][] `(primal, lower, top)`: `lower[k - 1]` the
+        k-th derivatives `(R, *shape)` along the R directions, for
+        `k < K`, and `top` the order-K derivatives summed with the weights,
+        `(J, *shape)`; any of them may be `None` for zero. It returns one jet per
+        output.
+    - `elementwise`: instead of a `rule`, declare the primitive elementwise (each
+        output entry a function of the same entries of the operands): its
+        derivatives of every order are then taken from its own JVP rule, by
+        Faà di Bruno's formula, which needs that rule to be differentiable.
+
+    **Example:**
+
+    ```python
+    eqxderiv.register_rule(cube_p, cube_rule)  # orders 1 and 2
+    eqxderiv.register_taylor_rule(cube_p, elementwise=True)  # order 3 and more
+    ```
+    """
+    name = primitive if isinstance(primitive, str) else primitive.name
+    if elementwise:
+        if rule is not None:
+            raise ValueError(
+                f"register_taylor_rule({name!r}): pass a `rule` or "
+                "`elementwise=True`, not both"
+            )
+        rule = ELEMENTWISE[0]
+    if rule is None:
+        raise ValueError(
+            f"register_taylor_rule({name!r}): pass a `rule`, or `elementwise=True`"
+        )
     if not callable(rule):
         raise TypeError(f"`rule` must be callable; got {rule!r}")
     RULES[name] = rule

@@ -21,7 +21,7 @@ from ..structure import diagonal_jvp, elementwise_eqn, flat_jvp
 from .fallback import taylor_fallback
 from .interpreter import eval_taylor_jaxpr
 from .jet import TaylorContext, TaylorJet, coefficients, const_jets, fit, is_float, lift
-from .registry import DEFAULT, register_taylor_rule
+from .registry import DEFAULT, ELEMENTWISE, register_taylor_rule
 
 
 __all__ = ["faa_di_bruno"]
@@ -429,8 +429,31 @@ def _reduce_prod(
     return eval_taylor_jaxpr(ctx, closed.jaxpr, closed.consts, jets)
 
 
+def _user_elementwise(
+    ctx: TaylorContext, eqn: core.JaxprEqn, jets: list[TaylorJet]
+) -> list[TaylorJet]:
+    """A primitive its user declared elementwise (`register_taylor_rule`)."""
+    primals = [jnp.asarray(j.primal) for j in jets]
+    ys = bind(eqn, primals)
+    if not is_float(ys[0]):
+        return const_jets(ys, ctx.order)
+    fn = lambda *a: bind(eqn, a)[0]  # noqa: E731
+    live = [i for i, j in enumerate(jets) if j.live]
+    if len(live) == 1:
+        (i,) = live
+
+        def g(a: Any) -> Any:
+            new = list(primals)
+            new[i] = a
+            return fn(*new)
+
+        return [faa_di_bruno(ctx, g, jets[i], False)]
+    return taylor_fallback(ctx, lambda *a: [fn(*a)], jets, "", warn=False)
+
+
 def _register() -> None:
     DEFAULT.append(_default)
+    ELEMENTWISE.append(_user_elementwise)
     register_taylor_rule("reduce_prod", _reduce_prod)
     register_taylor_rule("reduce_max", _reduce_chooser)
     register_taylor_rule("reduce_min", _reduce_chooser)
