@@ -34,13 +34,18 @@ def is_higher(n: Any) -> bool:
     return isinstance(n, PartialDerivative) or n == Q.BIHARMONIC
 
 
-def taylor_directional(g, z, V, W, K):  # noqa: ANN001, ANN201 (see DirectionalJet)
-    """One collapsed Taylor-mode pass of order `K`."""
+def taylor_directional(
+    g: Callable[[Array], Array], z: Array, V: Array, W: Array, K: int
+) -> Array:
+    """One collapsed Taylor-mode pass of order `K` (a `DirectionalJet`)."""
     return collapsed_taylor(g, z, V, W, K)[1]
 
 
-def nested_directional(g, z, V, W, K):  # noqa: ANN001, ANN201 (see DirectionalJet)
-    """`K` nested `jax.jvp`s per direction, weighted and summed."""
+def nested_directional(
+    g: Callable[[Array], Array], z: Array, V: Array, W: Array, K: int
+) -> Array:
+    """`K` nested `jax.jvp`s per direction, weighted and summed (a
+    `DirectionalJet`)."""
 
     def one(v: Array) -> Array:
         return derivatives_along(lambda s: g(z + s * v), K)(jnp.zeros((), z.dtype))[K]
@@ -53,7 +58,7 @@ def chunked(jet: DirectionalJet, chunk: int | None) -> DirectionalJet:
     nothing: a zero direction has zero derivatives)."""
     size = DEFAULT_CHUNK if chunk is None else chunk
 
-    def run(g, z, V, W, K):  # noqa: ANN001, ANN202
+    def run(g: Callable[[Array], Array], z: Array, V: Array, W: Array, K: int) -> Array:
         R = V.shape[0]
         if R <= size:
             return jet(g, z, V, W, K)
