@@ -5,7 +5,7 @@ it reports the median run time over several runs (runs of the contenders
 interleaved, so that machine noise hits them alike), the compile time (trace +
 lower + compile), and the peak memory of the compiled program as XLA accounts it
 (arguments + outputs + temporaries, from `compiled.memory_analysis()`), and
-ratios against the anchors. There are three sections:
+ratios against the anchors. There are four sections:
 
 - Operators: each quantity (Jacobian, df/dt, divergence, Laplacian, grad-div, a
   residual of three terms, and stochastic estimates at large d) on the network
@@ -26,15 +26,22 @@ ratios against the anchors. There are three sections:
 - Architecture sweep (`--sweep`, on by default): Laplacian, divergence and
   grad-div of deeper, wider, residual (LayerNorm) and Fourier-feature networks
   and of other activations (gelu, silu, softplus, sin).
+- Higher-order operators (`--higher`, on by default; `--higher-only` runs it
+  alone): on a scalar tanh MLP, the biharmonic against nested autodiff (the
+  trace of the Hessian of the Laplacian, and `jax.hessian` applied twice), with
+  `Laplacian(Laplacian(u))` and the single order-4 pass beside it; u_xxx and
+  u_xt against `jax.jacfwd` nested three and two times; and the stochastic
+  biharmonic at large d (its time and memory in the plot's last panel).
 
-In the last two, every contender's output is checked against its group's
+In the last three, every contender's output is checked against its group's
 reference before it is timed (`CHECK_RTOL`), so that a wrong one cannot be
 timed; one that disagrees is reported and makes the script fail.
 
     pip install -e ".[bench]"
     python benchmarks/run.py                 # full run, writes docs/benchmarks/
     python benchmarks/run.py --quick         # a small smoke run (used by CI)
-    python benchmarks/run.py --no-training --no-sweep   # the operators only
+    python benchmarks/run.py --no-training --no-sweep --no-higher   # operators
+    python benchmarks/run.py --higher-only --merge docs/benchmarks/cpu.json
 
 `--quick` runs a tiny version of every group (d = 3, small widths, two runs of
 the new groups) and gives no verdict on the bars ("smoke run: bars not
@@ -42,7 +49,10 @@ checked"); it writes to `benchmarks/out/` unless `--out` says otherwise. The
 table is written to `<out>/<tag>.md`, the plot (time against d, log-log, of the
 operators on the seed net) to `<out>/<tag>.png` and the raw results to
 `<out>/<tag>.json` (`--render JSON` redraws the first two from it); `--tag gpu`
-on a GPU machine writes a second table beside the CPU one.
+on a GPU machine writes a second table beside the CPU one. `--merge JSON` puts
+this run's groups into a previous run's results (replacing the groups it
+measured again, keeping the others) before writing and rendering: the second
+line above reruns the higher-order section alone into the committed page.
 """
 
 import argparse
@@ -63,6 +73,8 @@ import numpy as np
 from tqdm import tqdm
 
 import eqxderiv as ed
+from eqxderiv._engine import collapsed_taylor
+from eqxderiv._engine.polarization import biharmonic_directions
 
 
 try:
@@ -508,6 +520,124 @@ def sweep_recipes(net):
     }
 
 
+# --- Higher-order operators (issue 11) --------------------------------------
+#
+# A scalar tanh MLP u(x, t) of the seed net's width and depth. The exact
+# biharmonic against nested autodiff (both ways a user writes it; the faster is
+# the anchor), eqxderiv's own nesting and the single order-4 pass beside it;
+# u_xxx and u_xt against `jax.jacfwd` nested three and two times; and the
+# stochastic biharmonic at large d.
+
+BIH, UXXX, UXT = "biharmonic", "u_xxx", "u_xt"
+BIH_SMALL = "biharmonic, batch {batch}"
+LARGE_BIH = "large-d biharmonic"
+EQX_BIH = "eqxderiv Biharmonic"
+LAPLAP = "eqxderiv Laplacian(Laplacian)"
+ORDER4 = "eqxderiv one order-4 pass (collapsed_taylor)"
+NESTED_BIH = ("trace(hessian(trace(hessian)))", "einsum(hessian(hessian))")
+EQX_UXXX, JVP3, JACFWD3 = (
+    "eqxderiv Partial(x=(0, 0, 0))",
+    "jvp(jvp(jvp)) along e_0",
+    "jacfwd(jacfwd(jacfwd))[0, 0, 0]",
+)
+EQX_UXT, JVP_XT, JACFWD_XT = (
+    "eqxderiv Partial(x=0, t=1)",
+    "jvp along t of jvp along e_0",
+    "jacfwd(jacfwd(argnums=x), argnums=t)[0, 0]",
+)
+# The single order-4 pass over the d^2 polarization directions is shown up to
+# this d (at d = 128 it would propagate 16,384 directions for an information row).
+ORDER4_MAX_D = 32
+# The exact biharmonic is shown beside the stochastic ones up to this d.
+EXACT_BIH_MAX_D = 128
+# The stochastic biharmonic must fit in memory at this d.
+STOCHASTIC_BIH_BAR_D = 1_000
+
+
+def scalar_net(d, width, depth, key):
+    return ed.SpaceTimeMLP(d, "scalar", width, depth, key=key)
+
+
+def biharmonic_recipes(u, d):
+    """The exact biharmonic of a scalar field `u(x, t)`, every contender a
+    function of batched `(x, t)`."""
+
+    def laplacian_of(g):
+        return lambda y: jnp.trace(jax.hessian(g)(y))
+
+    def trace_hessian_of_laplacian(x, t):
+        return jnp.trace(jax.hessian(laplacian_of(lambda y: u(y, t)))(x))
+
+    def hessian_of_hessian(x, t):
+        return jnp.einsum("iijj->", jax.hessian(jax.hessian(lambda y: u(y, t)))(x))
+
+    out = {
+        EQX_BIH: lambda x, t: ed.Biharmonic(u)(x, t),
+        LAPLAP: lambda x, t: ed.Laplacian(ed.Laplacian(u))(x, t),
+    }
+    if d <= ORDER4_MAX_D:
+        V, w = biharmonic_directions(d)
+        V, W = jnp.asarray(V, jnp.float32), jnp.asarray(w, jnp.float32)[:, None]
+
+        def order4(x, t):
+            return collapsed_taylor(lambda y: u(y, t), x, V, W, 4)[1][0]
+
+        out[ORDER4] = jax.vmap(order4)
+    return out | {
+        NESTED_BIH[0]: jax.vmap(trace_hessian_of_laplacian),
+        NESTED_BIH[1]: jax.vmap(hessian_of_hessian),
+    }
+
+
+def partial_recipes(u, d):
+    """quantity -> contenders: u_xxx and u_xt of a scalar field `u(x, t)`, the
+    anchor (nested `jax.jacfwd`) last."""
+    e0 = jnp.zeros(d).at[0].set(1.0)
+
+    def jvp_along(g, v):
+        return lambda y: jax.jvp(g, (y,), (v,))[1]
+
+    def jvp3(x, t):
+        g = lambda y: u(y, t)
+        return jvp_along(jvp_along(jvp_along(g, e0), e0), e0)(x)
+
+    def jacfwd3(x, t):
+        return jax.jacfwd(jax.jacfwd(jax.jacfwd(lambda y: u(y, t))))(x)[0, 0, 0]
+
+    def jvp_xt(x, t):
+        u_x = lambda s: jax.jvp(lambda y: u(y, s), (x,), (e0,))[1]
+        return jax.jvp(u_x, (t,), (jnp.ones_like(t),))[1]
+
+    def jacfwd_xt(x, t):
+        return jax.jacfwd(jax.jacfwd(u, argnums=0), argnums=1)(x, t)[0, 0]
+
+    return {
+        UXXX: {
+            EQX_UXXX: lambda x, t: ed.Partial(u, x=(0, 0, 0))(x, t),
+            JVP3: jax.vmap(jvp3),
+            JACFWD3: jax.vmap(jacfwd3),
+        },
+        UXT: {
+            EQX_UXT: lambda x, t: ed.Partial(u, x=0, t=1)(x, t),
+            JVP_XT: jax.vmap(jvp_xt),
+            JACFWD_XT: jax.vmap(jacfwd_xt),
+        },
+    }
+
+
+def stochastic_biharmonic_recipes(u, probes, d):
+    key = jax.random.key(0)
+    hutchinson = ed.Biharmonic(u, method=ed.Hutchinson(num_probes=probes))
+    sparse = ed.Biharmonic(u, method=ed.SparseSampling(num_samples=probes))
+    out = {
+        f"Hutchinson({probes})": lambda x, t: hutchinson(x, t, key=key),
+        f"SparseSampling({probes})": lambda x, t: sparse(x, t, key=key),
+    }
+    if d <= EXACT_BIH_MAX_D:
+        out[f"{EQX_BIH} (exact)"] = lambda x, t: ed.Biharmonic(u)(x, t)
+    return out
+
+
 # The exact Laplacian is run at large d up to this size (on the seed net it never
 # forms the d x d identity of its directions; see `eqxderiv.Taylor`).
 EXACT_LARGE_D = 1_000_000
@@ -633,15 +763,19 @@ def max_rel_error(out, ref) -> float:
     return worst
 
 
-def _verify(results, outputs):
+def _verify(results, outputs, require_reference=True):
     """Checks every contender's output against the group's reference: the last
     hand-written contender that ran (normally the anchor, the last row). A
-    contender that disagrees is marked and left out of the timing."""
+    contender that disagrees is marked and left out of the timing. Without
+    `require_reference`, a group none of whose hand-written contenders ran
+    (all out of memory) is timed unchecked instead of not at all."""
     ran = list(outputs)
     if not ran:
         return
     theirs = [n for n in ran if not n.startswith(OURS)]
     ref = theirs[-1] if theirs else None
+    if ref is None and not require_reference:
+        return
     for name in ran:
         r = results[name]
         if ref is None:
@@ -671,14 +805,16 @@ def run_group(
     section="",
     verify=False,
     best_of=(),
+    require_reference=True,
 ):
     """Compiles each contender, then times them (light ones interleaved).
 
     `args` is the tuple every contender is called on: `(x, t)`, or
     `(params, x, t)` for a training step. With `verify`, every contender's
     warm-up output is checked against the reference's (see `_verify`) before
-    any timing, and one that disagrees is not timed. With `best_of` (names of
-    contenders), the fastest of those is marked as the group's anchor.
+    any timing, and one that disagrees is not timed (see `_verify` for
+    `require_reference`). With `best_of` (names of contenders), the fastest of
+    those is marked as the group's anchor.
     """
     results, compiled, heavy, outputs = {}, {}, {}, {}
     for name, fn in fns.items():
@@ -704,7 +840,7 @@ def run_group(
         big = r.memory_mb is not None and r.memory_mb > HEAVY_MB
         (heavy if warm > HEAVY_S or big else compiled)[name] = c
     if verify:
-        _verify(results, outputs)
+        _verify(results, outputs, require_reference)
         compiled = {n: c for n, c in compiled.items() if n in outputs}
         heavy = {n: c for n, c in heavy.items() if n in outputs}
     times = {name: [] for name in (*compiled, *heavy)}
@@ -885,11 +1021,6 @@ SWEEP_BARS = [
     ("divergence", "eqxderiv", "run_ms", 0.8),
     ("grad-div", "eqxderiv", "run_ms", None),
 ]
-# section -> (title, bars).
-SECTIONS = {
-    "training": ("Training steps", TRAINING_BARS),
-    "sweep": ("Architecture sweep", SWEEP_BARS),
-}
 
 
 def section_bars(results, spec, checked=True):
@@ -919,6 +1050,116 @@ def section_bars(results, spec, checked=True):
         "|---|---|---|---|---|---|---|",
     ]
     return "\n".join(head + rows)
+
+
+# The bars of the higher-order section: (quantity, contender, anchors,
+# attribute, bar, where). The ratio is against the fastest of `anchors` that
+# ran; `where(d)` says at which d the bar applies (elsewhere the row is left
+# out). A bar with `OR_NO_FIT` is also met where none of the anchors fits in
+# memory (nor could run), eqxderiv's contender running: the row then shows the
+# memory limit over the smallest anchor's need, whose bar is 1.
+OR_NO_FIT = "or the anchor does not fit in memory"
+# Where nested autodiff of the fourth order stops fitting on this machine (the
+# issue sets its bars at d = 8 and 32, and d = 128).
+BIH_LARGE_D = 128
+HIGHER_BARS = [
+    (BIH, EQX_BIH, NESTED_BIH, "run_ms", 0.1, lambda d: d < BIH_LARGE_D),
+    (BIH, EQX_BIH, NESTED_BIH, "run_ms", (0.01, OR_NO_FIT), lambda d: d >= BIH_LARGE_D),
+    (BIH, LAPLAP, NESTED_BIH, "run_ms", None, lambda d: True),
+    (BIH, ORDER4, NESTED_BIH, "run_ms", None, lambda d: True),
+    (BIH, EQX_BIH, (LAPLAP,), "run_ms", None, lambda d: True),
+    (BIH, EQX_BIH, (ORDER4,), "run_ms", None, lambda d: True),
+    (BIH, EQX_BIH, NESTED_BIH, "compile_s", None, lambda d: True),
+    (BIH_SMALL, EQX_BIH, NESTED_BIH, "run_ms", None, lambda d: True),
+    (UXXX, EQX_UXXX, (JACFWD3,), "run_ms", (0.5, OR_NO_FIT), lambda d: True),
+    (UXXX, EQX_UXXX, (JVP3,), "run_ms", None, lambda d: True),
+    (UXT, EQX_UXT, (JACFWD_XT,), "run_ms", (0.5, OR_NO_FIT), lambda d: True),
+    (UXT, EQX_UXT, (JVP_XT,), "run_ms", None, lambda d: True),
+]
+
+
+def higher_bars(results, checked, memory_limit_mb):
+    """The bars of the higher-order section, one row per group and bar, then
+    the stochastic biharmonic's memory at every large d (its bar at d =
+    `STOCHASTIC_BIH_BAR_D`: it runs, within the memory limit)."""
+    groups: dict[tuple, list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.model, r.d, r.quantity), []).append(r)
+    rows = []
+    small = BIH_SMALL.split("{")[0]
+    for (model, d, quantity), rs in groups.items():
+        for q, name, anchors, attr, bar, where in HIGHER_BARS:
+            ours = next((r for r in rs if r.name == name), None)
+            same = quantity.startswith(small) if q == BIH_SMALL else q == quantity
+            cands = [r for r in rs if r.name in anchors]
+            if not same or ours is None or not cands or not where(d):
+                continue
+            no_fit = isinstance(bar, tuple)
+            bar = bar[0] if no_fit else bar
+            what = "time" if attr == "run_ms" else "compile time"
+            ran = [r for r in cands if getattr(r, attr) is not None and r.run_ms]
+            mark = " ‡" if len(anchors) > 1 else ""
+            if ran or not no_fit:
+                anchor = min(ran, key=lambda r: getattr(r, attr), default=None)
+                va = getattr(ours, attr)
+                vb = None if anchor is None else getattr(anchor, attr)
+                ratio = None if va is None or not vb else va / vb
+                if ratio is None and bar is None:
+                    continue  # information that was not measured
+                label = f"{name} / {(anchor or cands[-1]).name}{mark} ({what})"
+                status, bar_text = verdict(ratio, bar, checked)
+                if no_fit:
+                    bar_text += f", {OR_NO_FIT}"
+            else:
+                # No anchor ran: the bar is met if the one needing least memory
+                # does not fit (eqxderiv's contender running).
+                anchor = min(cands, key=lambda r: r.memory_mb or math.inf)
+                need = anchor.memory_mb
+                fits_not = need is not None and need > memory_limit_mb
+                ratio = memory_limit_mb / need if fits_not and ours.run_ms else None
+                label = (
+                    f"{name} runs ({fmt(ours.run_ms, '.3g')} ms); memory limit / "
+                    f"{anchor.name}'s need ({fmt(need and need / 1024, '.1f')} GiB)"
+                )
+                status, bar_text = verdict(ratio, 1.0, checked)
+                bar_text = f"≤ {bar} (time) {OR_NO_FIT}: ≤ 1.0"
+            rows.append(
+                f"| {model} | {d} | {quantity} | {label} | {fmt(ratio, '.3f')} | "
+                f"{bar_text} | {status} |"
+            )
+    for r in results:
+        if r.quantity != LARGE_BIH or not r.name.startswith(
+            ("Hutchinson", "SparseSampling")
+        ):
+            continue
+        bar = 1.0 if r.d == STOCHASTIC_BIH_BAR_D else None
+        ratio = None if r.run_ms is None or r.memory_mb is None else r.memory_mb
+        ratio = None if ratio is None else ratio / memory_limit_mb
+        status, bar_text = verdict(ratio, bar, checked)
+        rows.append(
+            f"| {r.model} | {r.d:,} | {r.quantity} | {r.name}: memory "
+            f"({fmt(r.memory_mb, '.3g')} MiB, {fmt(r.run_ms, '.3g')} ms) / memory "
+            f"limit | {fmt(ratio, '.2e')} | {bar_text} | {status} |"
+        )
+    head = [
+        "| model | d | quantity | ratio | measured | bar | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + rows)
+
+
+# section -> (title, bars(results, checked, memory_limit_mb) -> the bars table).
+SECTIONS = {
+    "training": (
+        "Training steps",
+        lambda rs, checked, _: section_bars(rs, TRAINING_BARS, checked),
+    ),
+    "sweep": (
+        "Architecture sweep",
+        lambda rs, checked, _: section_bars(rs, SWEEP_BARS, checked),
+    ),
+    "higher": ("Higher-order operators", higher_bars),
+}
 
 
 def large_d_bars(results, checked=True):
@@ -952,7 +1193,9 @@ def large_d_bars(results, checked=True):
     return "\n".join(head + rows) if rows else ""
 
 
-def _curves(ax, results, model, quantities, title):
+def _curves(
+    ax, results, model, quantities, title, attr="run_ms", style="-", loc="best"
+):
     for q in quantities:
         names = []
         for r in results:
@@ -960,7 +1203,7 @@ def _curves(ax, results, model, quantities, title):
                 names.append(r.name)
         for name in names:
             pts = sorted(
-                (r.d, r.run_ms)
+                (r.d, getattr(r, attr))
                 for r in results
                 if r.quantity == q
                 and r.model == model
@@ -969,12 +1212,14 @@ def _curves(ax, results, model, quantities, title):
             )
             if pts:
                 label = name if len(quantities) == 1 else f"{q}: {name}"
-                ax.loglog(*zip(*pts), marker="o", label=label)
+                if attr != "run_ms":
+                    label += " (memory)"
+                ax.loglog(*zip(*pts), style, marker="o", label=label)
     ax.set_xlabel("d")
-    ax.set_ylabel("median run time (ms)")
+    ax.set_ylabel("median run time (ms)" if attr == "run_ms" else "memory (MiB)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc=loc)
 
 
 def plot(results, path, model):
@@ -992,10 +1237,38 @@ def plot(results, path, model):
         (["divergence"], "divergence"),
         (["large-d laplacian", "large-d divergence", *million], "large d"),
     ]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    # The higher-order section's scalar net, when it ran: a third row, the
+    # biharmonic against nested autodiff and the stochastic biharmonic's time
+    # and memory at large d.
+    scalar = next((r.model for r in results if r.section == "higher"), None)
+    rows = 2 if scalar is None else 3
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 4 * rows))
     for ax, (quantities, title) in zip(axes.flat, panels):
         _curves(ax, results, model, quantities, title)
-    fig.suptitle(f"{model}: time against d (log-log)")
+    if scalar is not None:
+        _curves(axes[2, 0], results, scalar, [BIH], f"biharmonic ({scalar})")
+        _curves(
+            axes[2, 1],
+            results,
+            scalar,
+            [LARGE_BIH],
+            "stochastic biharmonic: time (solid), memory (dashed)",
+            loc="upper center",
+        )
+        _curves(
+            axes[2, 1].twinx(),
+            results,
+            scalar,
+            [LARGE_BIH],
+            "",
+            attr="memory_mb",
+            style="--",
+            loc="lower right",
+        )
+    title = f"{model}: time against d (log-log)"
+    if scalar is not None:
+        title += f"; last row: {scalar}"
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1021,20 +1294,23 @@ def render(data, out, tag):
             "Laplacian (compressed at the first layer), at every large d; from "
             f"d = {SHARED_BAR_FROM_D:,} on it must be faster.\n\n" + large
         )
-    parts = [
-        data["header"],
-        "### Bars\n\n"
-        + smoke
-        + "\n\n".join(
-            bars(operators, "seed net", d, checked=not data["quick"])
-            for d in data.get("bar_ds", [data.get("bar_d")])
-        ),
-        large,
-        "### All results\n\n" + table(operators),
-        f"![time against d](./{tag}.png)",
-    ]
+    parts = [data["header"]]
+    if operators:  # none in a run of other sections alone (`--higher-only`)
+        parts += [
+            "### Bars\n\n"
+            + smoke
+            + "\n\n".join(
+                bars(operators, "seed net", d, checked=not data["quick"])
+                for d in data.get("bar_ds", [data.get("bar_d")])
+            ),
+            large,
+            "### All results\n\n" + table(operators),
+        ]
+    parts.append(f"![time against d](./{tag}.png)")
     intros = data.get("intros", {})
-    for section, (title, spec) in SECTIONS.items():
+    # The memory limit of the run (`--memory-limit-gb`; older results lack it).
+    limit_mb = 1024 * data.get("memory_limit_gb", 16.0)
+    for section, (title, section_bars_of) in SECTIONS.items():
         rs = [r for r in results if r.section == section]
         if rs:
             parts += [
@@ -1042,7 +1318,7 @@ def render(data, out, tag):
                 intros.get(section, ""),
                 "#### Bars\n\n"
                 + smoke
-                + section_bars(rs, spec, checked=not data["quick"]),
+                + section_bars_of(rs, not data["quick"], limit_mb),
                 "#### Results\n\n" + table(rs),
             ]
     text = "\n\n".join(p for p in parts if p)
@@ -1053,6 +1329,79 @@ def render(data, out, tag):
     plot(results, os.path.join(out, f"{tag}.png"), "seed net")
     print(text)
     print(f"\nwrote {md} and {tag}.png", file=sys.stderr)
+
+
+def group_key(r: dict) -> tuple:
+    return r["section"], r["model"], r["d"], r["quantity"]
+
+
+def merge(old, new):
+    """`old`'s raw results with every group that `new` measured again replaced
+    by `new`'s, the others kept (with `old`'s header); the intros of the
+    sections `new` ran are `new`'s."""
+    if old["quick"] != new["quick"]:
+        sys.exit("--merge: cannot merge a --quick run with a full one")
+    keys = {group_key(r) for r in new["results"]}
+    kept = [r for r in old["results"] if group_key(r) not in keys]
+    sections = {r["section"] for r in new["results"]}
+    intros = old.get("intros", {}) | {
+        s: text for s, text in new["intros"].items() if s in sections
+    }
+    return old | {
+        "intros": intros,
+        "memory_limit_gb": new["memory_limit_gb"],
+        "results": kept + new["results"],
+    }
+
+
+def higher_intro(args, repeats, argv):
+    """The text above the higher-order section's tables."""
+    command = " ".join(
+        ["python benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    large = ", ".join(f"{d:,}" for d in args.higher_stochastic_ds)
+    return (
+        f"A scalar tanh MLP u(x, t) over concat(x, t) ({args.depth} hidden "
+        f"layers of {args.width}), batch {args.batch}, float32. Median of "
+        f"{repeats} interleaved runs ({args.higher_heavy_repeats} for a heavy "
+        f"contender, †; {args.stochastic_repeats} at the large d). Before any "
+        "timing, every contender of the exact groups was checked against the "
+        "group's reference (its last hand-written contender that ran) to a "
+        f"relative {CHECK_RTOL:.0e}; where none fits in memory (the biharmonic "
+        f"at d ≥ {BIH_LARGE_D}, batch {args.batch}), eqxderiv's contenders are "
+        f"timed unchecked, and the batch-{args.higher_small_batch} group checks "
+        "them at the same d. No nested anchor is chunked: an anchor over the "
+        f"memory limit ({args.memory_limit_gb:g} GiB) is compiled, not run, and "
+        "its memory column is XLA's account of its compiled program.\n\n"
+        "- **biharmonic**: Δ²u by `eqxderiv.Biharmonic(u)` (the collapsed "
+        "Laplacian of the collapsed Laplacian), eqxderiv's own nesting "
+        "`Laplacian(Laplacian(u))`, and, up to d = "
+        f"{ORDER4_MAX_D}, one collapsed Taylor pass of order 4 over the d² "
+        "polarization directions (`eqxderiv._engine.collapsed_taylor` with "
+        "`polarization.biharmonic_directions(d)`, vmapped), against nested "
+        "autodiff written two ways: `trace(hessian(lap))` with `lap = "
+        "trace(hessian(u))`, and `einsum('iijj', hessian(hessian(u)))`; the "
+        "faster that runs is the anchor (‡). Bars: Biharmonic ≤ 0.1× the anchor "
+        f"below d = {BIH_LARGE_D}; from d = {BIH_LARGE_D} on it runs where "
+        "nested autodiff takes over 100× (≤ 0.01) or does not fit in memory. "
+        f"At d ≥ {BIH_LARGE_D}, the same biharmonic at batch "
+        f"{args.higher_small_batch}, where the first nested recipe fits, gives "
+        "the ratio without a bar.\n"
+        "- **u_xxx** and **u_xt**: `Partial(u, x=(0, 0, 0))` and `Partial(u, "
+        "x=0, t=1)` against `jax.jacfwd` nested three times in x (the full d³ "
+        "tensor, indexed [0, 0, 0]) and twice, in x then t (indexed [0, 0]), "
+        "the anchors; nested `jax.jvp` along e₀ (and t) beside them, without a "
+        "bar. Bar: ≤ 0.5× the anchor, or the anchor does not fit in memory.\n"
+        f"- **{LARGE_BIH}**: `Biharmonic(u, method=Hutchinson(num_probes=K))` "
+        f"and `SparseSampling(num_samples=K)`, K = {args.probes}, at d = {large} "
+        "(time and memory against d: the last panel of the plot), with the exact "
+        f"`Biharmonic` beside them up to d = {EXACT_BIH_MAX_D}. Bar: at d = "
+        f"{STOCHASTIC_BIH_BAR_D:,} both run within the memory limit.\n\n"
+        f"Measured with `{command}`; `python benchmarks/run.py --higher-only` "
+        "runs this section alone (`--merge docs/benchmarks/cpu.json` merges it "
+        "into the committed results), and `--no-higher` leaves it out of a full "
+        "run."
+    )
 
 
 def main(argv=None):
@@ -1137,9 +1486,50 @@ def main(argv=None):
         "group, the training steps and the sweep included (unless turned off)",
     )
     p.add_argument(
+        "--higher",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the higher-order operators (biharmonic, u_xxx, u_xt, stochastic "
+        "biharmonic at large d)",
+    )
+    p.add_argument(
+        "--higher-only",
+        action="store_true",
+        help="run the higher-order operators alone (no other group)",
+    )
+    p.add_argument("--higher-ds", type=int, nargs="+", default=[8, 32, 128])
+    p.add_argument(
+        "--higher-stochastic-ds",
+        type=int,
+        nargs="*",
+        default=[100, 300, 1_000, 3_000, 10_000],
+        help="d of the stochastic biharmonic",
+    )
+    p.add_argument(
+        "--higher-heavy-repeats",
+        type=int,
+        default=3,
+        help="runs of a heavy higher-order contender, timed on its own (nested "
+        "fourth derivatives take tens of seconds a run)",
+    )
+    p.add_argument(
+        "--higher-small-batch",
+        type=int,
+        default=16,
+        help=f"at d >= {BIH_LARGE_D}, the biharmonic also at this batch, where "
+        "nested autodiff fits in memory (0: not)",
+    )
+    p.add_argument(
         "--render",
         metavar="JSON",
         help="only redraw the table and plot from a previous run's <tag>.json",
+    )
+    p.add_argument(
+        "--merge",
+        metavar="JSON",
+        help="merge this run's results into a previous run's <tag>.json (its "
+        "groups measured again are replaced, the others kept) and render the "
+        "whole, e.g. `--higher-only --merge docs/benchmarks/cpu.json`",
     )
     args = p.parse_args(argv)
     if args.render:
@@ -1155,7 +1545,12 @@ def main(argv=None):
         args.stochastic_repeats = 2
         args.million = False
         args.training_ds = args.fpe_ds = args.sweep_ds = [3]
+        args.higher_ds, args.higher_stochastic_ds = [3], [100]
+        args.higher_heavy_repeats = 2
         new_repeats = 2
+    if args.higher_only:
+        args.higher, args.training, args.sweep, args.million = True, False, False, False
+        args.ds, args.stochastic_ds = [], []
     if args.out is None:
         # A smoke run must never overwrite the published tables.
         args.out = (
@@ -1167,7 +1562,7 @@ def main(argv=None):
     deep = ("deeper/wider net (4 × 256)", 256, 4)
     key = jax.random.key(0)
     plan = [(m, d) for m in models for d in args.ds]
-    if not args.quick:
+    if not args.quick and not args.higher_only:
         plan.append((deep, 32))
     groups = sum(len(recipes(make_net(3, 4, 1, key), 3)) for _ in plan)
     training = [
@@ -1182,12 +1577,19 @@ def main(argv=None):
     if args.sweep:
         per_model = len(sweep_recipes(make_net(3, 4, 1, key)))
         new_groups += len(args.sweep_ds) * len(sweep) * per_model
+    higher_ds = args.higher_ds if args.higher else []
+    higher_stochastic_ds = args.higher_stochastic_ds if args.higher else []
+    small_batch = min(args.higher_small_batch, args.batch)
+    if args.higher:
+        new_groups += 3 * len(higher_ds)
+        new_groups += sum(d >= BIH_LARGE_D for d in higher_ds) * (small_batch > 0)
     million_ds = MILLION_DS if args.million else ()
     total = (
         groups * args.repeats
         + 2 * len(args.stochastic_ds) * args.stochastic_repeats
         + len(million_ds) * args.stochastic_repeats
         + new_groups * new_repeats
+        + len(higher_stochastic_ds) * args.stochastic_repeats
     )
     progress = tqdm(total=total, desc="benchmark", unit="run")
     limit_mb = args.memory_limit_gb * 1024
@@ -1302,6 +1704,67 @@ def main(argv=None):
                     verify=True,
                     best_of=best_of,
                 )
+    for d in higher_ds:
+        kx, kt, kn = jax.random.split(
+            jax.random.fold_in(jax.random.fold_in(key, d), 300), 3
+        )
+        u = scalar_net(d, args.width, args.depth, kn)
+        x = jax.random.normal(kx, (args.batch, d))
+        t = jax.random.uniform(kt, (args.batch, 1))
+        bih = biharmonic_recipes(u, d)
+        higher = {BIH: (bih, NESTED_BIH)}
+        higher |= {q: (fns, ()) for q, fns in partial_recipes(u, d).items()}
+        groups_at_d = [
+            (q, fns, best_of, (x, t)) for q, (fns, best_of) in higher.items()
+        ]
+        if d >= BIH_LARGE_D and small_batch:
+            # Where nested autodiff fits in memory: the same d at a small batch.
+            fns = {n: bih[n] for n in (EQX_BIH, *NESTED_BIH)}
+            small = BIH_SMALL.format(batch=small_batch)
+            groups_at_d.append(
+                (small, fns, NESTED_BIH, (x[:small_batch], t[:small_batch]))
+            )
+        for quantity, fns, best_of, xt in groups_at_d:
+            progress.set_postfix_str(f"higher d={d} {quantity}")
+            results += run_group(
+                quantity,
+                fns,
+                xt,
+                d,
+                scalar_model,
+                new_repeats,
+                limit_mb,
+                progress,
+                args.higher_heavy_repeats,
+                section="higher",
+                verify=True,
+                best_of=best_of,
+                # At large d no nested contender fits: eqxderiv's are timed
+                # unchecked there (the small-batch group checks them).
+                require_reference=False,
+            )
+        del u, x, t, bih, higher, groups_at_d
+    for d in higher_stochastic_ds:
+        kx, kt, kn = jax.random.split(
+            jax.random.fold_in(jax.random.fold_in(key, d), 400), 3
+        )
+        u = scalar_net(d, args.width, args.depth, kn)
+        x = jax.random.normal(kx, (args.batch, d))
+        t = jax.random.uniform(kt, (args.batch, 1))
+        progress.set_postfix_str(f"higher d={d} {LARGE_BIH}")
+        results += run_group(
+            LARGE_BIH,
+            stochastic_biharmonic_recipes(u, args.probes, d),
+            (x, t),
+            d,
+            scalar_model,
+            args.stochastic_repeats,
+            limit_mb,
+            progress,
+            args.stochastic_repeats,
+            section="higher",
+        )
+        del u, x, t
     progress.close()
 
     device = jax.devices()[0]
@@ -1383,14 +1846,19 @@ def main(argv=None):
             "divergence; `vmap(grad(trace(jacfwd)))` for grad div f (no bar). "
             f"{runs}"
         ),
+        "higher": higher_intro(args, new_repeats, argv),
     }
     data = {
         "header": header,
         "intros": intros,
-        "bar_ds": [d for d in (32, 128) if d in args.ds] or [args.ds[-1]],
+        "bar_ds": [d for d in (32, 128) if d in args.ds] or args.ds[-1:],
         "quick": args.quick,
+        "memory_limit_gb": args.memory_limit_gb,
         "results": [dataclasses.asdict(r) for r in results],
     }
+    if args.merge:
+        with open(args.merge) as f:
+            data = merge(json.load(f), data)
     raw = os.path.join(args.out, f"{args.tag}.json")
     with open(raw, "w") as f:
         json.dump(data, f, indent=1)
