@@ -217,8 +217,8 @@ class AbstractJetMethod(AbstractMethod):
         carries are `(d, d, n)` for a layer of width `n`: one array of `d²`
         directional coefficients, where a single pass of order 4 over the `d²`
         directions of the polarized biharmonic carries three, and pays Faà di
-        Bruno's products on each (measured 4x slower on the benchmark's MLP at
-        d = 8 and 32; `benchmarks/run.py`).
+        Bruno's products on each (measured 2.6x to 3.9x slower on the
+        benchmark's MLP at d = 8 and 32; `benchmarks/run.py`).
         """
         d = x.shape[0]
         V, w = jnp.eye(d, dtype=x.dtype), jnp.ones((d,), x.dtype)
