@@ -385,6 +385,29 @@ add(
     [[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, -1.0]],
 )
 add(
+    "cumulative",
+    lambda x: (
+        jnp.cumprod(jnp.sin(x) + 0.5)
+        + jax.lax.cummax(x * x)
+        + jax.lax.cummin(jnp.cos(x), reverse=True)
+        + jax.lax.cumlogsumexp(x * x[0])
+    ),
+    [[0.0, 0.0, 0.0], [0.3, -0.3, 0.3], [1.0, 1.0, -1.0]],
+)
+add(
+    "sort",
+    lambda x: jnp.sort(jnp.sin(x) * jnp.array([1.0, -1.0, 2.0])) * x[::-1],
+    [[0.0, 0.0, 0.0], [0.4, -0.4, 0.2]],
+)
+add(
+    "scatter_unique",
+    lambda x: (
+        jnp.zeros(5).at[jnp.array([4, 0, 2])].set(jnp.tanh(x), unique_indices=True)
+        * jnp.exp(jnp.sum(x))
+    ),
+    [[0.0, 0.0, 0.0]],
+)
+add(
     "reduce_sum_cumsum",
     lambda x: jnp.cumsum(jnp.sin(x) * x) * jnp.sum(x**2),
     [[0.0, 0.0, 0.0]],

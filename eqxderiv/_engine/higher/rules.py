@@ -14,6 +14,7 @@ from jax.extend import core
 
 from .. import registry as order2
 from ..jet import bind, zeros
+from ..rules.array import logaddexp
 from ..rules.custom import forward_rule_of_vjp
 from ..rules.elementwise import CURVATURE, HOLOMORPHIC, partial_derivative
 from ..rules.linear import zero_rule
@@ -451,8 +452,78 @@ def _user_elementwise(
     return taylor_fallback(ctx, lambda *a: [fn(*a)], jets, "", warn=False)
 
 
+def _cumulative(combine: Callable[[Any, Any], Any]) -> Callable[..., list[TaylorJet]]:
+    """A cumulative reduction, which JAX differentiates as
+    `lax.associative_scan(combine)`: that scan's jaxpr, interpreted (as the
+    order-2 rule does, `../rules/array.py`); the primal is the primitive's."""
+
+    def rule(
+        ctx: TaylorContext, eqn: core.JaxprEqn, jets: list[TaylorJet]
+    ) -> list[TaylorJet]:
+        (x,) = jets
+        (y,) = bind(eqn, [x.primal])
+        scan = functools.partial(
+            jax.lax.associative_scan,
+            combine,
+            axis=eqn.params["axis"],
+            reverse=eqn.params["reverse"],
+        )
+        closed = jax.make_jaxpr(scan)(jnp.asarray(x.primal))
+        (out,) = eval_taylor_jaxpr(ctx, closed.jaxpr, closed.consts, [x])
+        return [TaylorJet(y, out.lower, out.top)]
+
+    return rule
+
+
+def _sort(
+    ctx: TaylorContext, eqn: core.JaxprEqn, jets: list[TaylorJet]
+) -> list[TaylorJet]:
+    """`sort` permutes: an iota sorted along with the operands gives the
+    permutation, which every coefficient follows."""
+    dim = eqn.params["dimension"]
+    shape = jnp.shape(jets[0].primal)
+    iota = jax.lax.broadcasted_iota(jnp.int32, shape, dim)
+    *outs, perm = jax.lax.sort(
+        (*(jnp.asarray(j.primal) for j in jets), iota),
+        dimension=dim,
+        is_stable=eqn.params["is_stable"],
+        num_keys=eqn.params["num_keys"],
+    )
+    take = lambda c: (
+        None
+        if c is None
+        else jnp.take_along_axis(  # noqa: E731
+            c, perm[None], axis=dim + 1
+        )
+    )
+    return [
+        TaylorJet(o, tuple(take(c) for c in j.lower), take(j.top))
+        for o, j in zip(outs, jets)
+    ]
+
+
+def _scatter(
+    ctx: TaylorContext, eqn: core.JaxprEqn, jets: list[TaylorJet]
+) -> list[TaylorJet]:
+    # With unique indices an overwriting scatter is linear in (operand,
+    # updates); with duplicates, which update wins is the backend's choice, so
+    # JAX's own rule decides (the fallback).
+    if eqn.params["unique_indices"]:
+        return _linear(ctx, eqn, jets, [0, 2])
+    return taylor_fallback(ctx, lambda *a: bind(eqn, a), jets, "primitive 'scatter'")
+
+
 def _register() -> None:
     DEFAULT.append(_default)
+    for name, combine in (
+        ("cumprod", jax.lax.mul),
+        ("cummax", jax.lax.max),
+        ("cummin", jax.lax.min),
+        ("cumlogsumexp", logaddexp),
+    ):
+        register_taylor_rule(name, _cumulative(combine))
+    register_taylor_rule("sort", _sort)
+    register_taylor_rule("scatter", _scatter)
     ELEMENTWISE.append(_user_elementwise)
     register_taylor_rule("reduce_prod", _reduce_prod)
     register_taylor_rule("reduce_max", _reduce_chooser)

@@ -196,7 +196,7 @@ register_rule("reduce_prod", _reduce_prod)
 # ---- cumulative reductions ------------------------------------------------------
 
 
-def _logaddexp(a: Array, b: Array) -> Array:
+def logaddexp(a: Array, b: Array) -> Array:
     """`log(exp(a) + exp(b))`, written so that its derivatives of every order come
     out right through the elementwise rules.
 
@@ -245,4 +245,4 @@ def _cumulative_rule(combine: Callable[[Array, Array], Array]) -> Callable:
 register_rule("cumprod", _cumulative_rule(lax.mul))
 register_rule("cummax", _cumulative_rule(lax.max))
 register_rule("cummin", _cumulative_rule(lax.min))
-register_rule("cumlogsumexp", _cumulative_rule(_logaddexp))
+register_rule("cumlogsumexp", _cumulative_rule(logaddexp))
