@@ -175,13 +175,27 @@ class AbstractJetMethod(AbstractMethod):
     ) -> Quantities:
         higher = frozenset(n for n in needs if is_higher(n))
         grad_lap = Q.GRADLAPLACIAN in needs
-        # The gradient of the Laplacian gives the Laplacian as its primal.
+        bih = None
+        if Q.BIHARMONIC in higher:
+            bih = self.biharmonic_directions(
+                x.shape[0],
+                x.dtype,
+                jax.random.fold_in(key, 4) if key is not None else None,
+            )
+        exact_bih = Q.BIHARMONIC in higher and bih is None
         base = needs - higher - {Q.GRADLAPLACIAN}
-        if grad_lap:
+        # The gradient of the Laplacian, and the exact biharmonic (the Laplacian
+        # of the Laplacian), give the Laplacian as their primal.
+        if grad_lap or exact_bih:
             base = base - {Q.LAPLACIAN}
         q = self._compute_to_second(field, x, t, base, key)
         if grad_lap:
             q[Q.LAPLACIAN], q[Q.GRADLAPLACIAN] = self._grad_laplacian(field, x, t, key)
+        if exact_bih:
+            lap, q[Q.BIHARMONIC] = self._laplacian_of_laplacian(field, x, t)
+            if Q.LAPLACIAN in needs:
+                q.setdefault(Q.LAPLACIAN, lap)
+            higher = higher - {Q.BIHARMONIC}
         if higher:
             # As for second derivatives, a custom rule that computes its value by
             # other code than its function is followed as nested autodiff does
@@ -189,16 +203,6 @@ class AbstractJetMethod(AbstractMethod):
             jet = self.higher_jet() if field.collapsible else nested_directional
             if not field.collapsible:
                 warn_nested_second_derivatives()
-            bih = None
-            if Q.BIHARMONIC in higher:
-                bih = self.biharmonic_directions(
-                    x.shape[0],
-                    x.dtype,
-                    jax.random.fold_in(key, 4) if key is not None else None,
-                )
-                if bih is None:
-                    q[Q.BIHARMONIC] = self._laplacian_of_laplacian(field, x, t)
-                    higher = higher - {Q.BIHARMONIC}
             q.update(
                 higher_quantities(
                     field.forward, x, t, higher, chunked(jet, self.chunk_size), bih
@@ -208,9 +212,9 @@ class AbstractJetMethod(AbstractMethod):
 
     def _laplacian_of_laplacian(
         self, field: FieldProgram, x: Array, t: Array | None
-    ) -> Array:
-        """The exact `Δ²f` `(m,)`: a collapsed Laplacian pass over the program of
-        a collapsed Laplacian pass.
+    ) -> tuple[Array, Array]:
+        """`(Δf, Δ²f)`, both `(m,)`, exact: a collapsed Laplacian pass over the
+        program of a collapsed Laplacian pass, whose value is the Laplacian.
 
         The inner pass sums its second-order terms over the `d` directions
         before the outer pass differentiates them, so the largest values it
@@ -224,17 +228,17 @@ class AbstractJetMethod(AbstractMethod):
         V, w = jnp.eye(d, dtype=x.dtype), jnp.ones((d,), x.dtype)
         nested = not field.collapsible
 
-        def laplacian(fn: Fn, a: Array, chunk: int | None) -> Array:
+        def laplacian(fn: Fn, a: Array, chunk: int | None) -> tuple[Array, Array]:
             p = JetPass(fn, a, t, V, w, True, None, False)
-            S = self._chunked_jet(p, nested, chunk)[2]
+            value, _, S, _ = self._chunked_jet(p, nested, chunk)
             assert S is not None
-            return S
+            return value, S
 
         # The outer pass's values are d times the inner pass's: without a
         # `chunk_size`, it propagates at most `_OUTER_VALUES // d` directions at
         # a time.
         outer_chunk = self.chunk_size or max(1, _OUTER_VALUES // d)
-        inner = lambda a, s: laplacian(field.forward, a, self.chunk_size)  # noqa: E731
+        inner = lambda a, s: laplacian(field.forward, a, self.chunk_size)[1]  # noqa: E731
         return laplacian(inner, x, outer_chunk)
 
     def _grad_laplacian(
