@@ -395,6 +395,28 @@ add(
     [[0.0, 0.0, 0.0], [0.3, -0.3, 0.3], [1.0, 1.0, -1.0]],
 )
 add(
+    "triangular_solve",
+    lambda x: jnp.concatenate(
+        [
+            jax.lax.linalg.triangular_solve(
+                jnp.outer(jnp.sin(x), jnp.cos(x)) + jnp.diag(x + 3.0),
+                jnp.stack([jnp.tanh(x), x**2], axis=-1),
+                left_side=True,
+                lower=True,
+            ).ravel(),
+            jax.lax.linalg.triangular_solve(
+                jnp.outer(x, x) + 2.0 * jnp.eye(3),
+                jnp.exp(x)[None],
+                left_side=False,
+                lower=False,
+                transpose_a=True,
+                unit_diagonal=True,
+            ).ravel(),
+        ]
+    ),
+    [[0.0, 0.0, 0.0]],
+)
+add(
     "sort",
     lambda x: jnp.sort(jnp.sin(x) * jnp.array([1.0, -1.0, 2.0])) * x[::-1],
     [[0.0, 0.0, 0.0], [0.4, -0.4, 0.2]],

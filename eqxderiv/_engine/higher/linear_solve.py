@@ -1,5 +1,5 @@
-"""The order-K rule for `custom_linear_solve` (what `jnp.linalg.solve`, `inv`
-and `det` use).
+"""The order-K rules for `custom_linear_solve` (what `jnp.linalg.solve`, `inv`
+and `det` use) and `triangular_solve`.
 
 `x` solves `M(c, x) = b`, `M` linear in `x`. Differentiating `k` times along a
 direction, with `x(s)` the solution along the curve,
@@ -14,6 +14,7 @@ the primal constants (its `solve` jaxpr), as JAX's rule does: the constants of
 `matvec`).
 """
 
+import math
 from typing import Any
 
 import jax
@@ -83,3 +84,62 @@ def _custom_linear_solve(
 
 
 register_taylor_rule("custom_linear_solve", _custom_linear_solve)
+
+
+def _triangular_solve(
+    ctx: TaylorContext, eqn: core.JaxprEqn, jets: list[TaylorJet]
+) -> list[TaylorJet]:
+    """`x = triangular_solve(a, b)` solves `op(A) x = b` (or `x op(A) = b`),
+    `A` the triangle of `a` that the parameters name (with a unit diagonal if
+    `unit_diagonal`). Differentiating `k` times,
+
+    $$op(A)\\, x_k = b_k - \\sum_{j=1}^k \\binom kj op(A_j)\\, x_{k-j},$$
+
+    solved order by order by the primitive at the primal `a`; the order-K
+    products of lower coefficients are summed over the directions at once."""
+    K = ctx.order
+    p = eqn.params
+    a, b = jets
+    (x0,) = bind(eqn, [a.primal, b.primal])
+    n = jnp.shape(a.primal)[-1]
+    mask = jnp.tril(jnp.ones((n, n), bool), -1 if p["unit_diagonal"] else 0)
+    if not p["lower"]:
+        mask = mask.T
+
+    def op(A: Any) -> Any:
+        A = jnp.where(mask, A, jnp.zeros((), A.dtype))
+        if p["conjugate_a"]:
+            A = jnp.conj(A)
+        return jnp.swapaxes(A, -1, -2) if p["transpose_a"] else A
+
+    def times(A: Any, x: Any) -> Any:
+        return jnp.matmul(op(A), x) if p["left_side"] else jnp.matmul(x, op(A))
+
+    def solve(rhs: Any) -> Any:
+        return bind(eqn, [a.primal, rhs])[0]
+
+    acoef = [a.primal, *a.lower, a.top]
+    bcoef = [b.primal, *b.lower, b.top]
+    xs: list[Any] = [x0] + [None] * K
+    for k in range(1, K + 1):
+        rhs = bcoef[k]
+        inner = None
+        for j in range(1, k + 1):
+            A_j, x = acoef[j], xs[k - j]
+            if A_j is None or x is None:
+                continue
+            term = math.comb(k, j) * times(A_j, x)
+            if k == K and 0 < j < K:
+                # Both per direction: summed with the weights below.
+                inner = term if inner is None else inner + term
+            else:
+                rhs = -term if rhs is None else rhs - term
+        if inner is not None:
+            top = -ctx.wsum(inner)
+            rhs = top if rhs is None else rhs + top
+        if rhs is not None:
+            xs[k] = jax.vmap(solve)(rhs)
+    return [TaylorJet(x0, tuple(xs[1:K]), xs[K])]
+
+
+register_taylor_rule("triangular_solve", _triangular_solve)
