@@ -189,6 +189,19 @@ def faa_di_bruno(
     return _assemble([y], per, K)[0]
 
 
+def _in_operand(
+    fn: Callable[..., Any], primals: Sequence[Any], i: int
+) -> Callable[[Any], Any]:
+    """`fn` as a function of its operand `i` alone, the others at `primals`."""
+
+    def g(a: Any) -> Any:
+        new = list(primals)
+        new[i] = a
+        return fn(*new)
+
+    return g
+
+
 def _curved(name: str, eqn: core.JaxprEqn, i: int, j: int) -> bool:
     curvature = CURVATURE.get(name, "all")
     if name == "integer_pow" and eqn.params["y"] in (0, 1):
@@ -215,12 +228,7 @@ def _elementwise(
     live = [i for i, j in enumerate(jets) if j.live]
     if len(live) == 1:
         (i,) = live
-
-        def g(a: Any) -> Any:
-            new = list(primals)
-            new[i] = a
-            return fn(*new)
-
+        g = _in_operand(fn, primals, i)
         return [faa_di_bruno(ctx, g, jets[i], not _curved(name, eqn, i, i))]
     if not any(_curved(name, eqn, i, j) for i in live for j in live):
         # Piecewise linear in every operand (`max`, `min`, `clamp`): every order
@@ -256,12 +264,7 @@ def _elementwise_in_each(
         z = primals[i]
         if z.shape != structs[0].shape or not jnp.issubdtype(z.dtype, jnp.floating):
             return False
-
-        def g(a: Any, i: int = i) -> Any:
-            new = list(primals)
-            new[i] = a
-            return fn(*new)[0]
-
+        g = _in_operand(lambda *a: fn(*a)[0], primals, i)
         if not diagonal_jvp(g, z):
             return False
     return True
@@ -287,12 +290,7 @@ def _elementwise_function(
         and jnp.issubdtype(structs[0].dtype, jnp.floating)
     ):
         return None
-
-    def g(a: Any) -> Any:
-        new = list(primals)
-        new[i] = a
-        return fn(*new)[0]
-
+    g = _in_operand(lambda *a: fn(*a)[0], primals, i)
     if not diagonal_jvp(g, z):
         return None
     return [faa_di_bruno(ctx, g, jets[i], flat_jvp(g, z))]
@@ -442,13 +440,7 @@ def _user_elementwise(
     live = [i for i, j in enumerate(jets) if j.live]
     if len(live) == 1:
         (i,) = live
-
-        def g(a: Any) -> Any:
-            new = list(primals)
-            new[i] = a
-            return fn(*new)
-
-        return [faa_di_bruno(ctx, g, jets[i], False)]
+        return [faa_di_bruno(ctx, _in_operand(fn, primals, i), jets[i], False)]
     return taylor_fallback(ctx, lambda *a: [fn(*a)], jets, "", warn=False)
 
 
