@@ -437,6 +437,34 @@ unary(
 )
 close_groups()
 
+
+def _in_place(x):
+    # Primitives whose other entries put them in runs of elementwise equations of
+    # one value, which `chains.py` evaluates as one map, or in `jit` calls
+    # (`jnp.arccosh`, `jnp.round`) taken as one map: here each is the only
+    # curved step on its operand, so its own rule is called
+    # (`test_rules_called_in_place`). Every product reads two values of
+    # different roots, which ends any run.
+    a, b, c = x[0], x[1], x[2]
+    return jnp.stack(
+        [
+            lax.acosh(a + 3.0) * b + jss.i0e(c) * a,
+            jss.i1e(b) * c + jnp.ceil(a) * b,
+            lax.round(c, lax.RoundingMethod.TO_NEAREST_EVEN) * a
+            + jss.gammainc(2.0, b + 2.0) * c
+            + jss.gammaincc(1.5, a + 2.0) * b,
+        ]
+    )
+
+
+add(
+    "in_place",
+    _in_place,
+    [[0.5, 0.0, 1.0], [-0.5, 1.0, 0.5], [0.0, -0.5, -1.0], [1.0, 0.5, 0.0]],
+    rtol=1e-9,
+    atol=1e-9,
+)
+
 # ---- smooth elementwise primitives (several per field) --------------------------
 
 
@@ -1255,3 +1283,36 @@ def test_parameter_gradients(name: str, no_typecheck):
     assert not lines, f"parameter gradients of {name!r}:\n" + "\n".join(
         f"  {name} | {line}" for line in lines
     )
+
+
+def test_rules_called_in_place(monkeypatch):
+    """Every elementwise rule the zoo's fields use is also called for an equation
+    of its own by some field: a run of elementwise equations of one value is
+    evaluated as one map (`eqxderiv._engine.chains`), which bypasses the rules
+    of its equations, so the zoo must still exercise each of those rules where
+    no run absorbs it."""
+    from eqxderiv._engine import collapsed_jet, interpreter
+    from eqxderiv._engine.elementwise import ELEMENTWISE
+
+    called: set[str] = set()
+    lookup = interpreter.lookup
+
+    def spy(primitive):
+        called.add(primitive.name)
+        return lookup(primitive)
+
+    monkeypatch.setattr(interpreter, "lookup", spy)
+    used: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        for entry in ZOO:
+            x = jnp.asarray(entry.points[0])
+            d = x.shape[0]
+            used.update(primitives(jax.make_jaxpr(entry.fn)(x).jaxpr))
+            eye, ones = jnp.eye(d), jnp.ones(d)
+            jax.make_jaxpr(
+                lambda x, fn=entry.fn: collapsed_jet(fn, (x,), (eye,), ones)
+            )(x)
+    rules = {n for n in ELEMENTWISE if n in registry.RULES and n in used}
+    missing = sorted(rules - called)
+    assert not missing, f"elementwise rules only ever absorbed into runs: {missing}"

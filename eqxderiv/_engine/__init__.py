@@ -5,6 +5,8 @@ of its K second directional derivatives (see `jet.py`).
 Imports nothing else from eqxderiv. Layout: `jet.py` (the data types and small
 helpers), `registry.py` (the rule table, `register_rule`, the nested-autodiff
 fallback), `interpreter.py`, `rules/` (the rules, registered on import),
+`elementwise.py` (elementwise maps: their table and their collapsed jet),
+`chains.py` (a run of elementwise equations of one value as one map),
 `compression.py` (fewer directions where the computation narrows),
 `contraction.py` (a divergence before the last linear layer),
 `factored.py` (the divergence in closed form for two-layer fields, with

@@ -66,6 +66,10 @@ def linear_tail(
     var = jaxpr.outvars[0]
     while not isinstance(var, core.Literal) and var in producer:
         eqn = producer[var]
+        # An equation inside a run of elementwise equations evaluated as one map
+        # (`chains.py`): its operands have no jets of their own.
+        if any(not isinstance(v, core.Literal) and v not in env for v in eqn.invars):
+            break
         live = [i for i, v in enumerate(eqn.invars) if tangent(v) is not None]
         if len(live) != 1 or len(eqn.outvars) != 1 or not affine_in(eqn, live):
             break

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 from jax.extend import core
 
+from .chains import chain_at
 from .compression import compressed, last_uses, narrows, only_dependent
 from .jet import Jet, JetContext, bind, const_jets, primals_of
 from .registry import lookup
@@ -42,6 +43,10 @@ def run_jaxpr(
     `env` (the inputs and constants, and the outputs of the equations before
     `start`), which is not modified.
 
+    A run of elementwise equations of one value is evaluated as one elementwise
+    map where that saves work (`chains.chain_at`); the jets of its intermediate
+    values that nothing after it reads are then not in the returned `env`.
+
     With `compress`, the K directions are compressed (`compression.compressed`)
     at the first equation whose single output narrows (`compression.narrows`) and
     is, from then on, the only value still needed that carries a tangent.
@@ -51,15 +56,26 @@ def run_jaxpr(
     def read(v: Any) -> Jet:
         return Jet(v.val, None, None) if isinstance(v, core.Literal) else env[v]
 
-    last_use = last_uses(jaxpr) if compress else {}
-    for i, eqn in enumerate(jaxpr.eqns[start:], start):
+    last_use = last_uses(jaxpr)
+    i = start
+    while i < len(jaxpr.eqns):
+        eqn = jaxpr.eqns[i]
         jets = [read(v) for v in eqn.invars]
+        if all(j.tangent is None for j in jets):
+            # Independent of the inputs: evaluated as is, at no extra cost.
+            with eqn.ctx.manager:
+                env.update(zip(eqn.outvars, const_jets(bind(eqn, primals_of(jets)))))
+            i += 1
+            continue
+        chain = chain_at(ctx, jaxpr, i, env, last_use)
+        if chain is not None:
+            # A run of elementwise equations of one value, as one map; its
+            # outputs carry curvature, so they are no place to compress.
+            env.update(chain.jets)
+            i = chain.end
+            continue
         with eqn.ctx.manager:
-            if all(j.tangent is None for j in jets):
-                # Independent of the inputs: evaluated as is, at no extra cost.
-                outs = const_jets(bind(eqn, primals_of(jets)))
-            else:
-                outs = lookup(eqn.primitive)(ctx, eqn, jets)
+            outs = lookup(eqn.primitive)(ctx, eqn, jets)
         env.update(zip(eqn.outvars, outs))
         if compress and len(eqn.outvars) == 1 and narrows(outs[0]):
             (var,) = eqn.outvars
@@ -67,6 +83,7 @@ def run_jaxpr(
             if only_dependent(last_use, i, var, live):
                 env[var], ctx = compressed(ctx, outs[0])
                 compress = False
+        i += 1
     return Evaluation([read(v) for v in jaxpr.outvars], env)
 
 

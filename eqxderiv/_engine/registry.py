@@ -159,6 +159,24 @@ def register_rule(
     RULES[name] = RuleInfo(rule, positions, bool(bilinear))
 
 
+# The rules the engine registers itself, recorded once the `rules` package is
+# imported (`freeze_builtin_rules`). A user's registration replaces a primitive's
+# `RuleInfo`, so `is_builtin` then no longer holds for it: code that reasons
+# about a primitive's mathematics in place of its rule (`chains.py`) checks it.
+_BUILTIN: dict[str, RuleInfo] = {}
+
+
+def freeze_builtin_rules() -> None:
+    """Records the rules registered so far as the engine's own."""
+    _BUILTIN.update(RULES)
+
+
+def is_builtin(name: str) -> bool:
+    """Whether the primitive `name` has the engine's own rule (not a user's)."""
+    info = RULES.get(name)
+    return info is not None and _BUILTIN.get(name) is info
+
+
 def lookup(primitive: core.Primitive) -> Rule:
     info = RULES.get(primitive.name)
     return fallback if info is None else info.rule

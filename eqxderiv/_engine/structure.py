@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core
 
-from .rules.elementwise import CURVATURE
+from .elementwise import ELEMENTWISE
 
 
 __all__ = [
@@ -32,35 +32,6 @@ __all__ = [
     "flat_jvp",
 ]
 
-
-ELEMENTWISE: frozenset[str] = frozenset(CURVATURE) | {
-    "integer_pow",
-    "add",
-    "add_any",
-    "sub",
-    "mul",
-    "neg",
-    "sign",
-    "floor",
-    "ceil",
-    "round",
-    "is_finite",
-    "convert_element_type",
-    "reduce_precision",
-    "select_n",
-    "copy",
-    "copy_p",
-    "eq",
-    "ne",
-    "lt",
-    "le",
-    "gt",
-    "ge",
-    "and",
-    "or",
-    "not",
-    "xor",
-}
 
 # Calls of a jaxpr (the parameter that holds it), checked by recursion.
 _CALLS = {

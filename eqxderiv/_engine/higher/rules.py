@@ -13,10 +13,10 @@ import jax.numpy as jnp
 from jax.extend import core
 
 from .. import registry as order2
+from ..elementwise import CURVATURE, HOLOMORPHIC, partial_derivative
 from ..jet import bind, zeros
 from ..rules.array import logaddexp
 from ..rules.custom import forward_rule_of_vjp
-from ..rules.elementwise import CURVATURE, HOLOMORPHIC, partial_derivative
 from ..rules.linear import zero_rule
 from ..structure import diagonal_jvp, elementwise_eqn, flat_jvp
 from .fallback import taylor_fallback

@@ -1,6 +1,8 @@
 """The collapsed Taylor-mode rules, one module per family of primitives; each
-registers its rules (`registry.register_rule`) when imported."""
+registers its rules (`registry.register_rule`) when imported; once all are, they
+are recorded as the engine's own (`registry.freeze_builtin_rules`)."""
 
+from ..registry import freeze_builtin_rules
 from . import (
     array as array,
     bilinear as bilinear,
@@ -12,3 +14,6 @@ from . import (
     linear_solve as linear_solve,
     structural as structural,
 )
+
+
+freeze_builtin_rules()

@@ -25,9 +25,9 @@ from typing import Any
 import jax.numpy as jnp
 from jax.extend import core
 
+from ..elementwise import Curvature, elementwise_jet
 from ..jet import Jet, JetContext, Rule, bind, is_real, primals_of
 from ..structure import diagonal_jvp, elementwise_eqn, flat_jvp
-from .elementwise import Curvature, elementwise_jet
 
 
 __all__ = ["composite", "elementwise_call"]

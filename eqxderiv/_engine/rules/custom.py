@@ -30,41 +30,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core
 
+from ..elementwise import ELEMENTWISE, elementwise_jet, partial_derivative
 from ..interpreter import eval_jaxpr
 from ..jet import Jet, JetContext, bind, is_float, primals_of
 from ..registry import nested_jet, register_rule
-from .elementwise import CURVATURE, elementwise_jet, partial_derivative
 
 
-# Primitives that act elementwise on operands of one shape (or rank 0).
-_ELEMENTWISE = frozenset(CURVATURE) | {
-    "integer_pow",
-    "mul",
-    "add",
-    "add_any",
-    "sub",
-    "neg",
-    "select_n",
-    "convert_element_type",
-    "eq",
-    "ne",
-    "lt",
-    "le",
-    "gt",
-    "ge",
-    "and",
-    "or",
-    "not",
-    "xor",
-    "is_finite",
-    "copy",
-    "stop_gradient",
-    "sign",
-    "floor",
-    "ceil",
-    "round",
-    "nextafter",
-}
+# Primitives that act elementwise on operands of one shape (or rank 0): the
+# engine's table, and two whose derivative JAX defines as zero, which a custom
+# rule's primal code may use.
+_ELEMENTWISE = ELEMENTWISE | {"stop_gradient", "nextafter"}
 # Calls whose inner jaxpr is checked in their place.
 _CALLS = {
     "jit": "jaxpr",

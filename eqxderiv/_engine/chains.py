@@ -1,0 +1,189 @@
+"""Runs of elementwise equations of one value, as one elementwise map.
+
+An activation written inline, such as `jax.nn.gelu` (`0.5 a (1 + tanh(c (a +
+0.044715 a³)))`: eight equations, not a call), interpreted equation by equation
+pays one collapsed sum over the K directions (`ctx.quad`) for each nonlinear
+piece and each product of two values that carry tangents: three for gelu. Yet
+the whole run is one elementwise map `y = g(a)` of the one value `a` it reads
+that carries a tangent, and
+
+$$T_y = g'(a) T_a, \\qquad S_y = g'(a) S_a + g''(a) \\sum_k w_k T_a[k]^2$$
+
+costs one such sum, with `g'` and `g''` `jax.jvp`s of the run along ones
+(`elementwise.partial_derivative`): JAX's own numbers, as nested autodiff
+composes them through the same equations.
+
+`chain_at` finds such a run: consecutive equations of elementwise primitives
+(`elementwise.ELEMENTWISE`) that still have the engine's own rule (a user's
+registration is honoured equation by equation), each with one real output of
+`a`'s shape and dtype, whose operands that carry a tangent are `a` or outputs
+of the run, and whose other operands are scalars or of `a`'s shape. It is taken
+only where it saves work: where at least two of its equations would each pay a
+collapsed sum. Every output of the run read after it gets its jet from the
+run's one sum.
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+from jax.extend import core
+
+from .elementwise import CURVATURE, ELEMENTWISE, partial_derivative
+from .jet import Jet, JetContext, add_terms, bind, mul_terms, single_jet
+from .registry import is_builtin
+
+
+__all__ = ["Chain", "chain_at"]
+
+
+# A run shorter than this in equations that pay a collapsed sum is interpreted
+# equation by equation, which then costs the same.
+_MIN_SUMS = 2
+
+
+class Chain(NamedTuple):
+    """A run of equations `eqns[start:end]` of one root value, and the jets of
+    its outputs that are read after it."""
+
+    end: int
+    jets: dict[Any, Jet]
+
+
+def _pays(eqn: core.JaxprEqn, live: list[int]) -> bool:
+    """Whether `eqn`'s own rule pays a collapsed sum for its operands at `live`
+    (the ones that carry a tangent)."""
+    name = eqn.primitive.name
+    if name == "mul":
+        return len(live) >= 2
+    if name == "integer_pow":
+        return eqn.params["y"] not in (0, 1)
+    curvature = CURVATURE.get(name)
+    if curvature is None:
+        return False
+    if curvature == "all":
+        return True
+    return any((i, j) in frozenset(curvature) for i in live for j in live)
+
+
+def _member(
+    eqn: core.JaxprEqn,
+    inside: set[Any],
+    env: dict[Any, Jet],
+    shape: tuple[int, ...],
+    dtype: Any,
+) -> list[int] | None:
+    """The positions of `eqn`'s operands that are the root or outputs of the run
+    (`inside`), if `eqn` can join the run; else `None`."""
+    name = eqn.primitive.name
+    if name not in ELEMENTWISE or not is_builtin(name) or len(eqn.outvars) != 1:
+        return None
+    out: Any = eqn.outvars[0].aval
+    if (
+        tuple(getattr(out, "shape", ())) != shape
+        or getattr(out, "dtype", None) != dtype
+    ):
+        return None
+    live = []
+    for i, v in enumerate(eqn.invars):
+        aval: Any = v.aval
+        if tuple(getattr(aval, "shape", ())) not in (shape, ()):
+            return None
+        if isinstance(v, core.Literal):
+            continue
+        if v in inside:
+            live.append(i)
+        elif v not in env or env[v].tangent is not None:
+            # Another value that carries a tangent: not a function of the root.
+            return None
+    return live or None
+
+
+def _restricted(
+    eqns: list[core.JaxprEqn], root: Any, out: Any, env: dict[Any, Jet]
+) -> Callable[[Any], Any]:
+    """The run as a function of the root's value, returning `out`'s value."""
+
+    def fn(a: Any) -> Any:
+        values: dict[Any, Any] = {root: a}
+
+        def read(v: Any) -> Any:
+            if isinstance(v, core.Literal):
+                return v.val
+            return values[v] if v in values else env[v].primal
+
+        for eqn in eqns:
+            with eqn.ctx.manager:
+                values.update(
+                    zip(eqn.outvars, bind(eqn, [read(v) for v in eqn.invars]))
+                )
+        return values[out]
+
+    return fn
+
+
+def chain_at(
+    ctx: JetContext,
+    jaxpr: core.Jaxpr,
+    start: int,
+    env: dict[Any, Jet],
+    last_use: dict[Any, int],
+) -> Chain | None:
+    """The run of elementwise equations of one root value that begins at
+    `jaxpr.eqns[start]`, evaluated as one elementwise map, where there is one
+    that saves work (see the module docstring); else `None`.
+
+    **Arguments:**
+
+    - `ctx`: the pass's context.
+    - `jaxpr`: the jaxpr being interpreted.
+    - `start`: the index of the equation to begin at.
+    - `env`: the jets of the values computed before it.
+    - `last_use`: `compression.last_uses(jaxpr)`.
+
+    **Returns:** a `Chain`: the index after the run's last equation, and the jets
+    of the run's outputs that are read after it (by a later equation or as an
+    output of `jaxpr`).
+    """
+    eqns = jaxpr.eqns
+    first = eqns[start]
+    live = [
+        v
+        for v in first.invars
+        if not isinstance(v, core.Literal) and v in env and env[v].tangent is not None
+    ]
+    if len(set(live)) != 1:
+        return None
+    root = live[0]
+    primal = jnp.asarray(env[root].primal)
+    if not jnp.issubdtype(primal.dtype, jnp.floating):
+        return None
+    shape, dtype = tuple(primal.shape), primal.dtype
+    inside = {root}
+    sums, end = 0, start
+    while end < len(eqns):
+        positions = _member(eqns[end], inside, env, shape, dtype)
+        if positions is None:
+            break
+        sums += _pays(eqns[end], positions)
+        inside.update(eqns[end].outvars)
+        end += 1
+    if sums < _MIN_SUMS:
+        return None
+    run = list(eqns[start:end])
+    outs = [v for eqn in run for v in eqn.outvars if last_use.get(v, -1) >= end]
+    root_jet = env[root]
+    t, second = root_jet.tangent, root_jet.second
+    assert t is not None
+    # The one collapsed sum of the run, shared by all its outputs.
+    quad = ctx.quad(t, t)
+    jets = {}
+    for v in outs:
+        fn = _restricted(run, root, v, env)
+        y = fn(primal)
+        g1 = partial_derivative(fn, 0)
+        g2 = partial_derivative(g1, 0)(primal)
+        g1 = g1(primal)
+        s = add_terms(mul_terms(g1, second), g2 * quad)
+        (jets[v],) = single_jet(y, g1 * t, s)
+    return Chain(end, jets)
