@@ -926,11 +926,16 @@ MLP_RELU = mlp(3, 3, 8, 2, jax.nn.relu, 11, zero_bias=True)
 # Narrower than the input (width 2 < d = 3): the compressed Laplacian path.
 MLP_GELU = mlp(3, "scalar", 2, 2, jax.nn.gelu, 12)
 MLP_TANH_NARROW = mlp(3, 3, 2, 2, jnp.tanh, 13)
+# Three hidden layers (no closed form for the divergence) of width 2 < d = 3:
+# the divergence from the narrow first layer's 2 directions; gelu inlined (runs
+# of elementwise equations as one map); zero biases put x = 0 at every layer's 0.
+MLP_GELU_NARROW_DEEP = mlp(3, 3, 2, 3, jax.nn.gelu, 14, zero_bias=True)
 
 add("mlp_softplus", MLP_SOFTPLUS, [[0.0, 0.0]])
 add("mlp_relu_zero_bias", MLP_RELU, [[0.0, 0.0, 0.0]])
 add("mlp_gelu_narrow", MLP_GELU, [[0.0, 0.0, 0.0]])
 add("mlp_tanh_narrow", MLP_TANH_NARROW, [[0.0, 0.0, 0.0]])
+add("mlp_gelu_narrow_deep", MLP_GELU_NARROW_DEEP, [[0.0, 0.0, 0.0]])
 
 
 # --------------------------------------------------------------------------------

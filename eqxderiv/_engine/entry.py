@@ -17,7 +17,12 @@ from .interpreter import initial_env, run_jaxpr
 from .jet import Jet, JetContext, bind, is_float
 
 
-__all__ = ["collapsed_jet", "collapsed_jet_contracted", "compressed_second"]
+__all__ = [
+    "collapsed_jet",
+    "collapsed_jet_contracted",
+    "compressed_second",
+    "divergence_through_bottleneck",
+]
 
 
 # The arguments every entry point takes: the function, its primal arguments, one
@@ -209,15 +214,25 @@ def _check_identity(traced: _Traced, tangents: tuple[Any, ...]) -> int:
     return index
 
 
-def _identity_compressed(
+class _Bottleneck(NamedTuple):
+    """Where the computation narrows to an intermediate `z` affine in one input
+    (see `compression.affine_bottleneck`): the index of `z`'s equation, `z`, the
+    value of every variable up to it, and `z`'s `(n, d)` Jacobian."""
+
+    index: int
+    z: Any
+    values: dict[Any, Any]
+    jacobian: Array
+
+
+def _bottleneck(
     closed: core.ClosedJaxpr, primals: tuple[Array, ...], index: int
-) -> tuple[Array, Array] | None:
-    """`(out, out_second)` for the coordinate directions of `primals[index]` with
-    unit weights, when the computation narrows to an intermediate `z` affine in
-    that input (see `compression.affine_bottleneck`). The tangents of `z` along the d
-    coordinate directions are the rows of its `(n, d)` Jacobian, computed by
-    reverse mode (n passes) instead of pushing an identity matrix through, then
-    compressed to `n` rows as in `compression.compressed`."""
+) -> _Bottleneck | None:
+    """The bottleneck of `closed` in `primals[index]`, a vector, if there is one.
+    The Jacobian of `z` comes from reverse mode (`n` passes) instead of pushing
+    the identity matrix of the `d` coordinate directions through; `z` being
+    affine, it is the same for every sample, so under `vmap` it is computed
+    once."""
     jaxpr = closed.jaxpr
     x = primals[index]
     if x.ndim != 1:
@@ -240,17 +255,59 @@ def _identity_compressed(
         return values
 
     values = prefix(x)
-    zv = jnp.asarray(values[z])
     jac = jax.jacrev(lambda xv: prefix(xv)[z])(x)  # (*z.shape, d)
+    return _Bottleneck(i, z, values, jac.reshape(-1, d))
+
+
+def _run_from(
+    jaxpr: core.Jaxpr, b: _Bottleneck, tangents: Array
+) -> tuple[Array, Jet, dict[Any, Jet]]:
+    """The rest of the pass after the bottleneck, with `tangents` `(n, n)` for
+    `z` (unit weights): the output value, its jet and every variable's jet."""
+    zv = jnp.asarray(b.values[b.z])
     n = zv.size
-    tangents = jnp.moveaxis(jac.reshape(n, d), 1, 0)  # (d, n)
-    r = gram_factor(tangents)
-    env: dict[Any, Jet] = {v: Jet(val, None, None) for v, val in values.items()}
-    env[z] = Jet(zv, r.reshape((n, *zv.shape)), None)
+    env: dict[Any, Jet] = {v: Jet(val, None, None) for v, val in b.values.items()}
+    env[b.z] = Jet(zv, tangents.reshape((n, *zv.shape)), None)
     ctx = JetContext(jnp.ones((n,), zv.dtype))
-    (out,), _ = run_jaxpr(ctx, jaxpr, env, start=i + 1)
-    y = jnp.asarray(out.primal)
+    (out,), env = run_jaxpr(ctx, jaxpr, env, start=b.index + 1)
+    return jnp.asarray(out.primal), out, env
+
+
+def _identity_compressed(
+    closed: core.ClosedJaxpr, primals: tuple[Array, ...], index: int
+) -> tuple[Array, Array] | None:
+    """`(out, out_second)` for the coordinate directions of `primals[index]` with
+    unit weights, where the computation narrows (`_bottleneck`): `z`'s tangents
+    along the `d` coordinate directions are the columns of its Jacobian,
+    compressed to `n` rows as in `compression.compressed`."""
+    b = _bottleneck(closed, primals, index)
+    if b is None:
+        return None
+    y, out, _ = _run_from(closed.jaxpr, b, gram_factor(b.jacobian.T))
     return y, _second(y, out)
+
+
+def _identity_divergence(
+    closed: core.ClosedJaxpr, primals: tuple[Array, ...], index: int
+) -> tuple[Array, Array] | None:
+    """`(out, tr(d out / d primals[index]))` where the computation narrows to
+    `z = A x + c` with `n < d` entries (`_bottleneck`): with `out = F(z)`,
+
+    $$\\operatorname{tr}(J_F A) = \\sum_{k=1}^n \\langle A_{k,:}, J_F e_k \\rangle,$$
+
+    `n` directions at `z` instead of `d` at the input, contracted with the rows
+    of `A` (and, through a last linear layer, before it: `contraction.contract`).
+    """
+    b = _bottleneck(closed, primals, index)
+    if b is None:
+        return None
+    n, d = b.jacobian.shape
+    if closed.out_avals[0].shape != (d,):
+        return None
+    y, out, env = _run_from(closed.jaxpr, b, jnp.eye(n, dtype=b.jacobian.dtype))
+    t = _terms(y, out, n)[0]
+    ones = jnp.ones((n,), y.dtype)
+    return y, contract(closed.jaxpr, env, t, ones, b.jacobian)
 
 
 def compressed_second(
@@ -288,3 +345,24 @@ def compressed_second(
                 return found
         y, out, _ = _evaluate(traced, compress=True)
         return y, _second(y, out)
+
+
+def divergence_through_bottleneck(
+    fn: Fn, primals: Primals, tangents: Tangents, weights: Weights
+) -> tuple[Array, Array] | None:
+    """The value and divergence of `fn` in its one input with a tangent, a vector
+    of size `K` whose tangents are the identity and whose weights are all one
+    (checked as for `compressed_second(identity=True)`), where the computation
+    narrows to an intermediate `z` affine in that input with `n < K` entries: the
+    divergence then costs `n` directions instead of `K` (see
+    `_identity_divergence`). `None` where it does not narrow, or where `fn`'s
+    output is not a vector of size `K`.
+
+    **Arguments:** as for `collapsed_jet`.
+
+    **Returns:** `(out, divergence)`, of shapes `(K,)` and `()`, or `None`.
+    """
+    traced = _trace(fn, primals, tangents, weights)
+    with _engine_promotion():
+        index = _check_identity(traced, tangents)
+        return _identity_divergence(traced.closed, traced.primals, index)

@@ -307,9 +307,10 @@ class AbstractJetMethod(AbstractMethod):
                 # sum_k w_k v_k . (J v_k): the trace for V = I, w = 1. Only when
                 # asked for: it needs m = d, which a Laplacian does not.
                 contract = V if with_div else None
-                # Without a divergence or Jacobian, only the second-order term is
-                # wanted, which a method may compute from fewer directions.
-                keep = with_div or want_jac or not with_second
+                # The tangents themselves are wanted only for a Jacobian (or a
+                # pass with nothing else to give); a divergence or second-order
+                # term alone a method may compute from fewer directions.
+                keep = want_jac or not (with_second or with_div)
                 value, T, S, c = self._chunked_jet(
                     JetPass(fn, x_, t, V, w, with_second, contract, keep), nested
                 )

@@ -12,6 +12,7 @@ from .._engine import (
     collapsed_jet_contracted,
     compressed_second,
     divergence_in_closed_form,
+    divergence_through_bottleneck,
 )
 from .._quantity import Need, Quantities, Quantity as Q
 from .._validation import as_int
@@ -55,7 +56,10 @@ class Taylor(AbstractJetMethod):
     Laplacian alone, the directions are compressed where the computation first
     narrows (a first layer narrower than `d`); see
     [Choosing a method](methods.md#exact-taylor-the-default) for how, and for
-    the references (Li et al., 2024; Dangel et al., 2025).
+    the references (Li et al., 2024; Dangel et al., 2025). A divergence without
+    a closed form costs, past such a layer $z = A x$ of width $n < d$, $n$
+    directions instead of $d$: $\\nabla\\cdot f = \\operatorname{tr}(J_F A) =
+    \\sum_{k \\le n} \\langle A_{k,:}, J_F e_k \\rangle$ for $f = F(z)$.
 
     ```python
     eqxderiv.Laplacian(u, method=eqxderiv.Taylor(chunk_size=64))(x, t)
@@ -69,7 +73,8 @@ class Taylor(AbstractJetMethod):
         more, which propagate at most 1024 directions at a time, and in the
         outer pass of the biharmonic, at most `4096 // d` (see
         [Higher-order operators](higher-order.md)).
-    - `compress`: allow the compression (default `True`). Values and parameter
+    - `compress`: allow the compression, and the narrow divergence (default
+        `True`). Values and parameter
         gradients agree either way; second derivatives with respect to the
         parameters through a rank-deficient first layer are exact only with
         `compress=False`.
@@ -128,11 +133,23 @@ class Taylor(AbstractJetMethod):
         return jnp.eye(d, dtype=dtype), jnp.ones((d,), dtype), True
 
     def jet(self, p: JetPass) -> JetResult:
+        # Unchunked, `tx` is `directions(d)`: the identity, with unit weights.
+        square = p.tx.shape[0] == p.tx.shape[1] == p.x.shape[0]
+        alone = p.contract is p.tx and not (p.second or p.tangents)
+        if self.compress and square and alone:
+            # A divergence alone (`contract` the directions themselves): where
+            # the field narrows to n < d entries affine in x, it costs n
+            # directions there.
+            g = lambda a: p.fn(a, p.t)  # noqa: E731
+            found = divergence_through_bottleneck(g, (p.x,), (p.tx,), p.w)
+            if found is not None:
+                y, div = found
+                return y, None, None, div
         # The coordinate directions are the same for every sample, so a first
         # layer narrower than the input compresses them once per batch.
         compress = self.compress and p.second and not p.tangents
         compress = compress and p.contract is None
-        # Unchunked, `tx` is `directions(d)`: the identity, with unit weights. Its
-        # first narrow layer's tangents then come from that layer's Jacobian.
-        identity = compress and p.tx.shape[0] == p.tx.shape[1] == p.x.shape[0]
+        # With the identity, the first narrow layer's tangents come from that
+        # layer's Jacobian.
+        identity = compress and square
         return taylor_jet(p, compress, identity)
