@@ -326,6 +326,24 @@ def quick_jit(fn: Callable) -> Callable:
     return jax.jit(fn, compiler_options=QUICK_OPTIONS)
 
 
+def assert_with_parameter_gradients(ours, oracle, params, rtol=1e-9, atol=1e-10):
+    """`ours(params)` against `oracle(params)` (pytrees of arrays), and the
+    gradients with respect to `params` of `sum(sin(.))` over their leaves, all
+    compiled in one program and compared leaf by leaf."""
+
+    def loss(fn):
+        return lambda p: sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(fn(p)))
+
+    @quick_jit
+    def both(p):
+        got = ours(p), jax.grad(loss(ours))(p)
+        return got, (oracle(p), jax.grad(loss(oracle))(p))
+
+    got, want = both(params)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=rtol, atol=atol)
+
+
 def line_oracle(fn, primals, tangents, weights):
     """`(out, out_tangents, out_second)` of `collapsed_jet`, by differentiating the
     restriction of `fn` to each line `s -> primals + s v_k` twice with nested

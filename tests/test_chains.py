@@ -15,7 +15,11 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from helpers import check_jet, quick_jit  # noqa: E402
+from helpers import (  # noqa: E402
+    assert_with_parameter_gradients,
+    check_jet,
+    quick_jit,
+)
 
 import eqxderiv  # noqa: E402
 from eqxderiv._engine import collapsed_jet, interpreter, jet, registry  # noqa: E402
@@ -169,17 +173,7 @@ def test_operators_and_parameter_gradients(method, no_typecheck):
 
         return jax.vmap(one)(x, t)
 
-    def loss(fn):
-        return lambda p: sum(jnp.sum(jnp.sin(a)) for a in fn(p))
-
-    @quick_jit
-    def both(p):
-        got = ours(p), jax.grad(loss(ours))(p)
-        return got, (oracle(p), jax.grad(loss(oracle))(p))
-
-    got, want = both(params)
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-9, atol=1e-10)
+    assert_with_parameter_gradients(ours, oracle, params)
 
 
 def test_inside_scan(monkeypatch):

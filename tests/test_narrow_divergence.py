@@ -13,7 +13,7 @@ import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from helpers import quick_jit  # noqa: E402
+from helpers import assert_with_parameter_gradients  # noqa: E402
 
 import eqxderiv  # noqa: E402
 from eqxderiv._engine import entry  # noqa: E402
@@ -89,18 +89,7 @@ def test_values_and_parameter_gradients(name, zero_rows, monkeypatch, no_typeche
         div = lambda a, s: jnp.trace(jax.jacfwd(lambda b: f(p, b, s))(a))  # noqa: E731
         return jax.vmap(div)(x, t), jax.vmap(jax.grad(div))(x, t)
 
-    def loss(fn):
-        return lambda p: sum(jnp.sum(jnp.sin(a)) for a in fn(p))
-
-    @quick_jit
-    def both(p):
-        got = ours(p), jax.grad(loss(ours))(p)
-        return got, (oracle(p), jax.grad(loss(oracle))(p))
-
-    got, want = both(params)
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        assert np.all(np.isfinite(np.asarray(g)))
-        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-9, atol=1e-11)
+    assert_with_parameter_gradients(ours, oracle, params, atol=1e-11)
     assert taken and all(taken), taken
 
 

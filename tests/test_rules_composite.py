@@ -15,7 +15,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from helpers import check_jet, quick_jit  # noqa: E402
+from helpers import assert_with_parameter_gradients, check_jet  # noqa: E402
 from jax import lax  # noqa: E402
 
 import eqxderiv  # noqa: E402
@@ -198,14 +198,4 @@ def test_laplacian_and_parameter_gradients(name, zero_bias, no_typecheck):
     def oracle(p):
         return jax.vmap(lambda y: jnp.trace(jax.hessian(lambda z: u(p, z))(y)))(x)
 
-    def loss(lap):
-        return lambda p: jnp.sum(jnp.sin(lap(p)))
-
-    @quick_jit
-    def both(p):
-        got = ours(p), jax.grad(loss(ours))(p)
-        return got, (oracle(p), jax.grad(loss(oracle))(p))
-
-    got, want = both(params)
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-9, atol=1e-10)
+    assert_with_parameter_gradients(ours, oracle, params)
