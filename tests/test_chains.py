@@ -22,7 +22,13 @@ from helpers import (  # noqa: E402
 )
 
 import eqxderiv  # noqa: E402
-from eqxderiv._engine import collapsed_jet, interpreter, jet, registry  # noqa: E402
+from eqxderiv._engine import (  # noqa: E402
+    chains,
+    collapsed_jet,
+    interpreter,
+    jet,
+    registry,
+)
 
 
 _RNG = np.random.default_rng(1)
@@ -50,7 +56,7 @@ def _count(monkeypatch, fn, x):
 
     def counting_chain(*args, **kwargs):
         chain = chain_at(*args, **kwargs)
-        counts["runs"] += chain is not None
+        counts["runs"] += chain is not None and chain.jets is not None
         return chain
 
     monkeypatch.setattr(jet.JetContext, "quad", counting_quad)
@@ -100,6 +106,33 @@ def test_collapsed_jet(name, monkeypatch):
         check_jet(fn, (jnp.asarray(x),), (jnp.eye(5),), jnp.ones(5), rtol=1e-9)
     counts = _count(monkeypatch, fn, jnp.asarray(POINTS[0]))
     assert counts == {"quad": quads, "runs": runs}, counts
+
+
+def test_refused_run_is_scanned_once(monkeypatch):
+    # A long run of equations that pay no sum (shifts and scales) with one
+    # curved step is refused; no run begins inside it, so it is not scanned
+    # again from each of its equations (trace time linear in its length, not
+    # quadratic). The numbers are nested autodiff's either way.
+    n = 60
+
+    def fn(x):
+        for i in range(n):
+            x = 0.99 * x + 0.01 * i
+        return jnp.sin(x) + x
+
+    check_jet(fn, (jnp.asarray(POINTS[0]),), (V,), W, rtol=1e-9, atol=1e-12)
+    scanned = []
+    member = chains._member
+
+    def counting_member(*args, **kwargs):
+        scanned.append(args[0])
+        return member(*args, **kwargs)
+
+    monkeypatch.setattr(chains, "_member", counting_member)
+    counts = _count(monkeypatch, fn, jnp.asarray(POINTS[0]))
+    assert counts == {"quad": 1, "runs": 0}, counts
+    # One scan over the run's 2n + 2 equations (and the one that ends it).
+    assert len(scanned) <= 2 * n + 4, len(scanned)
 
 
 def test_user_rule_is_honoured(monkeypatch):

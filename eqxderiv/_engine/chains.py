@@ -44,10 +44,11 @@ _MIN_SUMS = 2
 
 class Chain(NamedTuple):
     """A run of equations `eqns[start:end]` of one root value, and the jets of
-    its outputs that are read after it."""
+    its outputs that are read after it; `None` where the run is not taken (it
+    would not save work)."""
 
     end: int
-    jets: dict[Any, Jet]
+    jets: dict[Any, Jet] | None
 
 
 def _pays(eqn: core.JaxprEqn, live: list[int]) -> bool:
@@ -131,7 +132,8 @@ def chain_at(
 ) -> Chain | None:
     """The run of elementwise equations of one root value that begins at
     `jaxpr.eqns[start]`, evaluated as one elementwise map, where there is one
-    that saves work (see the module docstring); else `None`.
+    that saves work (see the module docstring). `None` where no run begins
+    there.
 
     **Arguments:**
 
@@ -143,7 +145,10 @@ def chain_at(
 
     **Returns:** a `Chain`: the index after the run's last equation, and the jets
     of the run's outputs that are read after it (by a later equation or as an
-    output of `jaxpr`).
+    output of `jaxpr`), or `None` for them where the run would not save work.
+    No run that begins inside a refused one saves work either (its equations
+    are a prefix of the rest of the refused run, each paying at most what it
+    paid there), so the caller need not look for one before `end`.
     """
     eqns = jaxpr.eqns
     first = eqns[start]
@@ -169,7 +174,7 @@ def chain_at(
         inside.update(eqns[end].outvars)
         end += 1
     if sums < _MIN_SUMS:
-        return None
+        return Chain(end, None)
     run = list(eqns[start:end])
     outs = [v for eqn in run for v in eqn.outvars if last_use.get(v, -1) >= end]
     root_jet = env[root]

@@ -58,6 +58,8 @@ def run_jaxpr(
 
     last_use = last_uses(jaxpr)
     i = start
+    # No run begins before this index (inside a run that was not worth taking).
+    refused = start
     while i < len(jaxpr.eqns):
         eqn = jaxpr.eqns[i]
         jets = [read(v) for v in eqn.invars]
@@ -67,13 +69,15 @@ def run_jaxpr(
                 env.update(zip(eqn.outvars, const_jets(bind(eqn, primals_of(jets)))))
             i += 1
             continue
-        chain = chain_at(ctx, jaxpr, i, env, last_use)
-        if chain is not None:
+        chain = chain_at(ctx, jaxpr, i, env, last_use) if i >= refused else None
+        if chain is not None and chain.jets is not None:
             # A run of elementwise equations of one value, as one map; its
             # outputs carry curvature, so they are no place to compress.
             env.update(chain.jets)
             i = chain.end
             continue
+        if chain is not None:
+            refused = chain.end
         with eqn.ctx.manager:
             outs = lookup(eqn.primitive)(ctx, eqn, jets)
         env.update(zip(eqn.outvars, outs))
