@@ -1,5 +1,5 @@
 """The divergence through a narrow affine layer (`Taylor`, `_engine.entry.
-divergence_through_bottleneck`): for `f = F(A x + c)` with `A` of shape `(n, d)`,
+divergence_jet`): for `f = F(A x + c)` with `A` of shape `(n, d)`,
 `n < d`, `tr(J_F A)` from `n` directions. Checked in float64 against nested
 autodiff (`jnp.trace(jax.jacfwd)`, `jax.grad` of it, and parameter gradients
 of losses of both), with a spy on which path was taken."""
@@ -116,6 +116,31 @@ def test_not_taken_with_a_jacobian_or_when_wide(monkeypatch, no_typecheck):
     want = jax.vmap(lambda a, s: jnp.trace(jax.jacfwd(v)(a, s)))(x3, t)
     np.testing.assert_allclose(div, want, rtol=1e-12, atol=1e-12)
     assert taken == [False], taken
+
+
+def test_one_trace_when_not_narrow(monkeypatch, no_typecheck):
+    # Where no layer narrows, the divergence falls back to the full pass from the
+    # same trace of the field's program: one trace, not one per attempt.
+    traces = []
+    trace = entry._trace
+
+    def counting(*args):
+        traces.append(args[0])
+        return trace(*args)
+
+    monkeypatch.setattr(entry, "_trace", counting)
+    taken = _spy(monkeypatch)
+    small = _params("fourier")
+    small["B"], small["W3"] = small["B"][:, :4], small["W3"][:3]
+    v = lambda a, s: _fourier(small, a, s)  # noqa: E731
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((2, 3)))
+    t = jnp.ones((2, 1))
+    method = eqxderiv.Taylor(closed_form=False)
+    div = eqxderiv.Divergence(v, method=method)(x, t)
+    want = jax.vmap(lambda a, s: jnp.trace(jax.jacfwd(v)(a, s)))(x, t)
+    np.testing.assert_allclose(div, want, rtol=1e-12, atol=1e-12)
+    assert taken == [False], taken
+    assert len(traces) == 1, traces
 
 
 def test_compress_false_and_float32(monkeypatch, no_typecheck):

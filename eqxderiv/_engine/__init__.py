@@ -21,7 +21,7 @@ from .entry import (
     collapsed_jet as collapsed_jet,
     collapsed_jet_contracted as collapsed_jet_contracted,
     compressed_second as compressed_second,
-    divergence_through_bottleneck as divergence_through_bottleneck,
+    divergence_jet as divergence_jet,
 )
 from .factored import divergence_in_closed_form as divergence_in_closed_form
 from .higher import (

@@ -21,7 +21,7 @@ __all__ = [
     "collapsed_jet",
     "collapsed_jet_contracted",
     "compressed_second",
-    "divergence_through_bottleneck",
+    "divergence_jet",
 ]
 
 
@@ -347,22 +347,32 @@ def compressed_second(
         return y, _second(y, out)
 
 
-def divergence_through_bottleneck(
+def divergence_jet(
     fn: Fn, primals: Primals, tangents: Tangents, weights: Weights
-) -> tuple[Array, Array] | None:
+) -> tuple[Array, Array]:
     """The value and divergence of `fn` in its one input with a tangent, a vector
     of size `K` whose tangents are the identity and whose weights are all one
-    (checked as for `compressed_second(identity=True)`), where the computation
-    narrows to an intermediate `z` affine in that input with `n < K` entries: the
-    divergence then costs `n` directions instead of `K` (see
-    `_identity_divergence`). `None` where it does not narrow, or where `fn`'s
-    output is not a vector of size `K`.
+    (checked as for `compressed_second(identity=True)`), from one trace of `fn`.
+
+    Where the computation narrows to an intermediate `z` affine in that input
+    with `n < K` entries, and `fn`'s output is a vector of size `K`, the
+    divergence costs `n` directions instead of `K` (see
+    `_identity_divergence`); elsewhere it is the contraction of
+    `collapsed_jet_contracted` with the directions themselves.
 
     **Arguments:** as for `collapsed_jet`.
 
-    **Returns:** `(out, divergence)`, of shapes `(K,)` and `()`, or `None`.
+    **Returns:** `(out, divergence)`, of shapes `(K,)` and `()`.
     """
     traced = _trace(fn, primals, tangents, weights)
     with _engine_promotion():
         index = _check_identity(traced, tangents)
-        return _identity_divergence(traced.closed, traced.primals, index)
+        found = _identity_divergence(traced.closed, traced.primals, index)
+        if found is not None:
+            return found
+        y, out, env = _evaluate(traced)
+        t, _ = _terms(y, out, traced.weights.shape[0])
+        directions = traced.args[index].tangent
+        assert directions is not None
+        c = contract(traced.closed.jaxpr, env, t, traced.weights, directions)
+        return y, c

@@ -12,7 +12,7 @@ from .._engine import (
     collapsed_jet_contracted,
     compressed_second,
     divergence_in_closed_form,
-    divergence_through_bottleneck,
+    divergence_jet,
 )
 from .._quantity import Need, Quantities, Quantity as Q
 from .._validation import as_int
@@ -139,12 +139,10 @@ class Taylor(AbstractJetMethod):
         if self.compress and square and alone:
             # A divergence alone (`contract` the directions themselves): where
             # the field narrows to n < d entries affine in x, it costs n
-            # directions there.
+            # directions there; one trace of the field either way.
             g = lambda a: p.fn(a, p.t)  # noqa: E731
-            found = divergence_through_bottleneck(g, (p.x,), (p.tx,), p.w)
-            if found is not None:
-                y, div = found
-                return y, None, None, div
+            y, div = divergence_jet(g, (p.x,), (p.tx,), p.w)
+            return y, None, None, div
         # The coordinate directions are the same for every sample, so a first
         # layer narrower than the input compresses them once per batch.
         compress = self.compress and p.second and not p.tangents
