@@ -23,23 +23,32 @@ collapsed sum. Every output of the run read after it gets its jet from the
 run's one sum.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 from jax.extend import core
+from jaxtyping import Array
 
 from .elementwise import CURVATURE, ELEMENTWISE, partial_derivative
 from .jet import Jet, JetContext, add_terms, bind, mul_terms, single_jet
 from .registry import is_builtin
 
 
-__all__ = ["Chain", "chain_at"]
+__all__ = [
+    "MIN_SUMS",
+    "Chain",
+    "Run",
+    "chain_at",
+    "find_run",
+    "read_after",
+    "restricted",
+]
 
 
 # A run shorter than this in equations that pay a collapsed sum is interpreted
 # equation by equation, which then costs the same.
-_MIN_SUMS = 2
+MIN_SUMS = 2
 
 
 class Chain(NamedTuple):
@@ -70,14 +79,16 @@ def _pays(eqn: core.JaxprEqn, live: list[int]) -> bool:
 def _member(
     eqn: core.JaxprEqn,
     inside: set[Any],
-    env: dict[Any, Jet],
+    env: Mapping[Any, Any],
+    carries: Callable[[Any], bool],
+    builtin: Callable[[str], bool],
     shape: tuple[int, ...],
     dtype: Any,
 ) -> list[int] | None:
     """The positions of `eqn`'s operands that are the root or outputs of the run
     (`inside`), if `eqn` can join the run; else `None`."""
     name = eqn.primitive.name
-    if name not in ELEMENTWISE or not is_builtin(name) or len(eqn.outvars) != 1:
+    if name not in ELEMENTWISE or not builtin(name) or len(eqn.outvars) != 1:
         return None
     out: Any = eqn.outvars[0].aval
     if (
@@ -94,16 +105,78 @@ def _member(
             continue
         if v in inside:
             live.append(i)
-        elif v not in env or env[v].tangent is not None:
+        elif v not in env or carries(env[v]):
             # Another value that carries a tangent: not a function of the root.
             return None
     return live or None
 
 
-def _restricted(
-    eqns: list[core.JaxprEqn], root: Any, out: Any, env: dict[Any, Jet]
+class Run(NamedTuple):
+    """A run `eqns[start:end]` of elementwise equations of the one value `root`
+    (whose primal is `primal`), and how many of them would each pay a
+    collapsed sum."""
+
+    root: Any
+    primal: Array
+    end: int
+    sums: int
+
+
+def find_run(
+    eqns: Sequence[core.JaxprEqn],
+    start: int,
+    env: Mapping[Any, Any],
+    carries: Callable[[Any], bool],
+    builtin: Callable[[str], bool],
+) -> Run | None:
+    """The longest run of elementwise equations of one root value that begins at
+    `eqns[start]`, whether or not it would save work; `None` where none begins
+    there. For jets of either order: `env` maps the values computed so far to
+    their jets (each with a `primal`), `carries(jet)` says whether a jet carries
+    derivatives, and `builtin(name)` whether a primitive still has the engine's
+    own rule."""
+    first = eqns[start]
+    live = [
+        v
+        for v in first.invars
+        if not isinstance(v, core.Literal) and v in env and carries(env[v])
+    ]
+    if len(set(live)) != 1:
+        return None
+    root = live[0]
+    primal = jnp.asarray(env[root].primal)
+    if not jnp.issubdtype(primal.dtype, jnp.floating):
+        return None
+    shape, dtype = tuple(primal.shape), primal.dtype
+    inside = {root}
+    sums, end = 0, start
+    while end < len(eqns):
+        positions = _member(eqns[end], inside, env, carries, builtin, shape, dtype)
+        if positions is None:
+            break
+        sums += _pays(eqns[end], positions)
+        inside.update(eqns[end].outvars)
+        end += 1
+    return Run(root, primal, end, sums)
+
+
+def read_after(
+    eqns: Sequence[core.JaxprEqn], run: Run, start: int, last_use: Mapping[Any, int]
+) -> list[Any]:
+    """The outputs of the run's equations that are read after it."""
+    return [
+        v
+        for eqn in eqns[start : run.end]
+        for v in eqn.outvars
+        if last_use.get(v, -1) >= run.end
+    ]
+
+
+def restricted(
+    eqns: Sequence[core.JaxprEqn], root: Any, out: Any, env: Mapping[Any, Any]
 ) -> Callable[[Any], Any]:
-    """The run as a function of the root's value, returning `out`'s value."""
+    """The equations `eqns` as a function of the root's value, returning `out`'s
+    value (every other operand at its primal in `env`)."""
 
     def fn(a: Any) -> Any:
         values: dict[Any, Any] = {root: a}
@@ -151,44 +224,27 @@ def chain_at(
     paid there), so the caller need not look for one before `end`.
     """
     eqns = jaxpr.eqns
-    first = eqns[start]
-    live = [
-        v
-        for v in first.invars
-        if not isinstance(v, core.Literal) and v in env and env[v].tangent is not None
-    ]
-    if len(set(live)) != 1:
+    run = find_run(eqns, start, env, _carries, is_builtin)
+    if run is None:
         return None
-    root = live[0]
-    primal = jnp.asarray(env[root].primal)
-    if not jnp.issubdtype(primal.dtype, jnp.floating):
-        return None
-    shape, dtype = tuple(primal.shape), primal.dtype
-    inside = {root}
-    sums, end = 0, start
-    while end < len(eqns):
-        positions = _member(eqns[end], inside, env, shape, dtype)
-        if positions is None:
-            break
-        sums += _pays(eqns[end], positions)
-        inside.update(eqns[end].outvars)
-        end += 1
-    if sums < _MIN_SUMS:
-        return Chain(end, None)
-    run = list(eqns[start:end])
-    outs = [v for eqn in run for v in eqn.outvars if last_use.get(v, -1) >= end]
-    root_jet = env[root]
+    if run.sums < MIN_SUMS:
+        return Chain(run.end, None)
+    root_jet = env[run.root]
     t, second = root_jet.tangent, root_jet.second
     assert t is not None
     # The one collapsed sum of the run, shared by all its outputs.
     quad = ctx.quad(t, t)
     jets = {}
-    for v in outs:
-        fn = _restricted(run, root, v, env)
-        y = fn(primal)
+    for v in read_after(eqns, run, start, last_use):
+        fn = restricted(eqns[start : run.end], run.root, v, env)
+        y = fn(run.primal)
         g1 = partial_derivative(fn, 0)
-        g2 = partial_derivative(g1, 0)(primal)
-        g1 = g1(primal)
+        g2 = partial_derivative(g1, 0)(run.primal)
+        g1 = g1(run.primal)
         s = add_terms(mul_terms(g1, second), g2 * quad)
         (jets[v],) = single_jet(y, g1 * t, s)
-    return Chain(end, jets)
+    return Chain(run.end, jets)
+
+
+def _carries(jet: Jet) -> bool:
+    return jet.tangent is not None

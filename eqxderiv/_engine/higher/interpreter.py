@@ -6,9 +6,10 @@ from typing import Any
 
 from jax.extend import core
 
+from ..compression import last_uses
 from ..jet import bind
 from .jet import TaylorContext, TaylorJet, const_jets
-from .registry import lookup
+from .registry import CHAIN, lookup
 
 
 __all__ = ["eval_taylor_jaxpr"]
@@ -20,7 +21,9 @@ def eval_taylor_jaxpr(
     consts: Sequence[Any],
     args: Sequence[TaylorJet],
 ) -> list[TaylorJet]:
-    """The output jets of `jaxpr` at the input jets `args`."""
+    """The output jets of `jaxpr` at the input jets `args`. A run of elementwise
+    equations of one value is one elementwise map where that saves work
+    (`chains.py`)."""
     env: dict[Any, TaylorJet] = dict(
         zip(jaxpr.constvars, const_jets(consts, ctx.order))
     )
@@ -31,12 +34,26 @@ def eval_taylor_jaxpr(
             return const_jets([v.val], ctx.order)[0]
         return env[v]
 
-    for eqn in jaxpr.eqns:
+    last_use = last_uses(jaxpr)
+    # No run worth taking begins before this index (see `..chains.chain_at`).
+    refused = 0
+    i = 0
+    while i < len(jaxpr.eqns):
+        eqn = jaxpr.eqns[i]
         jets = [read(v) for v in eqn.invars]
+        if any(j.live for j in jets) and i >= refused and CHAIN:
+            chain = CHAIN[0](ctx, jaxpr, i, env, last_use)
+            if chain is not None and chain.jets is not None:
+                env.update(chain.jets)
+                i = chain.end
+                continue
+            if chain is not None:
+                refused = chain.end
         with eqn.ctx.manager:
             if not any(j.live for j in jets):
                 outs = const_jets(bind(eqn, [j.primal for j in jets]), ctx.order)
             else:
                 outs = lookup(eqn.primitive)(ctx, eqn, jets)
         env.update(zip(eqn.outvars, outs))
+        i += 1
     return [read(v) for v in jaxpr.outvars]

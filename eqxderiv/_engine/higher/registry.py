@@ -11,6 +11,7 @@ one goes through nested `jax.jvp` per direction (`fallback.py`), which is exact.
 """
 
 from collections.abc import Callable
+from typing import Any
 
 from jax.extend import core
 
@@ -28,6 +29,10 @@ RULES: dict[str, TaylorRule] = {}
 # the rule of an elementwise primitive.
 DEFAULT: list[TaylorRule] = []
 ELEMENTWISE: list[TaylorRule] = []
+# Set by `chains.py` on import: `chain_at(ctx, jaxpr, start, env, last_use)`,
+# which evaluates a run of elementwise equations as one map (a `..chains.Chain`,
+# or `None`).
+CHAIN: list[Callable[..., Any]] = []
 
 
 def register_taylor_rule(
