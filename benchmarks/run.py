@@ -30,7 +30,8 @@ ratios against the anchors. There are four sections:
   alone): on a scalar tanh MLP, the biharmonic against nested autodiff (the
   trace of the Hessian of the Laplacian, and `jax.hessian` applied twice), with
   `Laplacian(Laplacian(u))` and the single order-4 pass beside it; u_xxx and
-  u_xt against `jax.jacfwd` nested three and two times; and the stochastic
+  u_xt against `jax.jacfwd` nested three and two times (also on a gelu MLP,
+  whose activation is eight equations); and the stochastic
   biharmonic at large d (its time and memory in the plot's last panel).
 
 In the last three, every contender's output is checked against its group's
@@ -554,8 +555,15 @@ EXACT_BIH_MAX_D = 128
 STOCHASTIC_BIH_BAR_D = 1_000
 
 
-def scalar_net(d, width, depth, key):
-    return ed.SpaceTimeMLP(d, "scalar", width, depth, key=key)
+def scalar_net(d, width, depth, key, activation=jnp.tanh):
+    return ed.SpaceTimeMLP(d, "scalar", width, depth, activation=activation, key=key)
+
+
+# The partials are also timed on a net whose activation is written inline
+# (`jax.nn.gelu`, tanh form: eight equations, three of them curved), where the
+# engine evaluates each activation as one elementwise map at every order.
+def inline_gelu(z):
+    return jax.nn.gelu(z, approximate=True)
 
 
 def biharmonic_recipes(u, d):
@@ -1581,7 +1589,7 @@ def main(argv=None):
     higher_stochastic_ds = args.higher_stochastic_ds if args.higher else []
     small_batch = min(args.higher_small_batch, args.batch)
     if args.higher:
-        new_groups += 3 * len(higher_ds)
+        new_groups += 5 * len(higher_ds)
         new_groups += sum(d >= BIH_LARGE_D for d in higher_ds) * (small_batch > 0)
     million_ds = MILLION_DS if args.million else ()
     total = (
@@ -1651,6 +1659,7 @@ def main(argv=None):
         # The next size's network is built only once this one's is freed.
         del net, x, t, fns
     scalar_model = f"scalar tanh MLP ({args.depth} × {args.width})"
+    gelu_model = f"scalar gelu MLP ({args.depth} × {args.width}, inline gelu)"
     for i, (task, ds) in enumerate(training if args.training else []):
         for d in ds:
             kx, kt, kn = jax.random.split(
@@ -1715,23 +1724,33 @@ def main(argv=None):
         higher = {BIH: (bih, NESTED_BIH)}
         higher |= {q: (fns, ()) for q, fns in partial_recipes(u, d).items()}
         groups_at_d = [
-            (q, fns, best_of, (x, t)) for q, (fns, best_of) in higher.items()
+            (q, fns, best_of, (x, t), scalar_model)
+            for q, (fns, best_of) in higher.items()
         ]
         if d >= BIH_LARGE_D and small_batch:
             # Where nested autodiff fits in memory: the same d at a small batch.
             fns = {n: bih[n] for n in (EQX_BIH, *NESTED_BIH)}
             small = BIH_SMALL.format(batch=small_batch)
             groups_at_d.append(
-                (small, fns, NESTED_BIH, (x[:small_batch], t[:small_batch]))
+                (
+                    small,
+                    fns,
+                    NESTED_BIH,
+                    (x[:small_batch], t[:small_batch]),
+                    scalar_model,
+                )
             )
-        for quantity, fns, best_of, xt in groups_at_d:
+        gelu_u = scalar_net(d, args.width, args.depth, kn, activation=inline_gelu)
+        for q, fns in partial_recipes(gelu_u, d).items():
+            groups_at_d.append((q, fns, (), (x, t), gelu_model))
+        for quantity, fns, best_of, xt, model in groups_at_d:
             progress.set_postfix_str(f"higher d={d} {quantity}")
             results += run_group(
                 quantity,
                 fns,
                 xt,
                 d,
-                scalar_model,
+                model,
                 new_repeats,
                 limit_mb,
                 progress,
@@ -1743,7 +1762,7 @@ def main(argv=None):
                 # unchecked there (the small-batch group checks them).
                 require_reference=False,
             )
-        del u, x, t, bih, higher, groups_at_d
+        del u, gelu_u, x, t, bih, higher, groups_at_d
     for d in higher_stochastic_ds:
         kx, kt, kn = jax.random.split(
             jax.random.fold_in(jax.random.fold_in(key, d), 400), 3
