@@ -77,3 +77,50 @@ def test_batched_and_mixed_ranks():
     through, direct = _losses()
     g = jax.grad(lambda b: jnp.sum(jax.vmap(through)(b)))(a)
     assert_close(g, jax.grad(lambda b: jnp.sum(jax.vmap(direct)(b)))(a))
+
+
+@pytest.mark.parametrize("eps", [1e-2, 1e-4, 6.3e-7])
+def test_nearly_rank_deficient_first_layer(eps, no_typecheck):
+    # Two nearly parallel rows of the first layer: the Gram matrix squares its
+    # condition number, and parameter gradients through the compressed Laplacian
+    # carry round-off errors up to about cond(B) times nested autodiff's (see
+    # docs/methods.md); without compression they agree to round-off. Values
+    # agree to round-off either way.
+    import eqxderiv
+
+    rng = np.random.default_rng(11)
+    d = 4
+    b0, e = rng.standard_normal(d), rng.standard_normal(d)
+    W1 = jnp.asarray(rng.standard_normal((5, 4)))
+    W2 = jnp.asarray(rng.standard_normal((d, 5)))
+    x = jnp.asarray(rng.standard_normal((3, d)))
+    t = jnp.asarray([0.3, -0.6, 1.2])
+    B = jnp.asarray(np.stack([b0, b0 + eps * e]))
+
+    def make(B):
+        def f(a, s):
+            z = B @ a
+            return W2 @ jnp.tanh(W1 @ jnp.concatenate([jnp.sin(z), jnp.cos(z) * s]))
+
+        return f
+
+    def ours(B, method):
+        return eqxderiv.Laplacian(make(B), method=method)(x, t)
+
+    def oracle(B):
+        f = make(B)
+        lap = lambda a, s: jnp.trace(  # noqa: E731
+            jax.hessian(lambda y: f(y, s))(a), axis1=-2, axis2=-1
+        )
+        return jax.vmap(lap)(x, t)
+
+    loss = lambda fn: lambda B: jnp.mean(fn(B) ** 2)  # noqa: E731
+    want, g_want = oracle(B), jax.grad(loss(oracle))(B)
+    cond = float(np.linalg.cond(np.asarray(B)))
+    scale = float(jnp.max(jnp.abs(g_want)))
+    for method, factor in (("auto", cond), (eqxderiv.Taylor(compress=False), 1.0)):
+        got = ours(B, method)
+        g = jax.grad(loss(lambda B: ours(B, method)))(B)
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
+        err = float(jnp.max(jnp.abs(g - g_want))) / scale
+        assert err < 1e-13 * factor, (method, err, cond)
