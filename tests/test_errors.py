@@ -11,6 +11,7 @@ user without it, to pin eqxderiv's own message.
 """
 
 import re
+import warnings
 
 import equinox as eqx
 import jax
@@ -665,3 +666,39 @@ def test_complex_intermediates_are_fine():
     d = X.shape[-1]
     expected = -d * jnp.stack([jnp.cos(X.sum(-1)), jnp.sin(X.sum(-1))], axis=-1)
     assert jnp.allclose(split, expected)
+
+
+def test_custom_vjp_whose_forward_rule_calls_a_custom_vjp(no_typecheck):
+    # A `fwd` that calls the function itself cannot be differentiated in forward
+    # mode (`jax.hessian` raises JAX's own TypeError): second derivatives say so
+    # in words; first derivatives are unaffected, and a `fwd` that computes the
+    # value itself gives nested reverse-over-reverse autodiff's Laplacian.
+    def body(z):
+        return jnp.tanh(z) ** 2
+
+    def bwd(z, g):
+        return (g * 2 * jnp.tanh(z) * (1 - jnp.tanh(z) ** 2),)
+
+    calls = jax.custom_vjp(body)
+    calls.defvjp(lambda z: (calls(z), z), bwd)
+    inline = jax.custom_vjp(body)
+    inline.defvjp(lambda z: (body(z), z), bwd)
+    scale = jnp.arange(1.0, 4.0)
+    x = jnp.asarray([[0.3, -0.4, 0.5], [0.0, 0.1, -1.0]])
+    f = lambda a: jnp.sum(calls(a * scale))  # noqa: E731
+    g = lambda a: jnp.sum(inline(a * scale))  # noqa: E731
+    with pytest.raises(TypeError, match="can't apply forward-mode"):
+        jax.hessian(f)(x[0])
+    with warnings.catch_warnings():
+        # The nested path's one-time warning (whether this process gave it
+        # already depends on the tests run before).
+        warnings.simplefilter("ignore", eqxderiv.FallbackWarning)
+        for op in (eqxderiv.Laplacian, eqxderiv.Hessian):
+            with pytest.raises(TypeError, match=r"forward rule `fwd` .* calls"):
+                op(f)(x)
+        np.testing.assert_allclose(
+            eqxderiv.Grad(f)(x), jax.vmap(jax.grad(f))(x), rtol=1e-12, atol=1e-12
+        )
+        want = jax.vmap(lambda a: jnp.trace(jax.jacrev(jax.jacrev(g))(a)))(x)
+        got = eqxderiv.Laplacian(g)(x)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -191,11 +191,31 @@ def forward_rule_of_vjp(fn: Callable[..., list[Any]]) -> Callable[..., tuple]:
 
     @g.defjvp
     def g_jvp(primals: tuple, tangents: tuple) -> tuple:
-        outs, vjp = jax.vjp(lambda *a: tuple(fn(*a)), *primals)
+        try:
+            outs, vjp = jax.vjp(lambda *a: tuple(fn(*a)), *primals)
+        except TypeError as e:
+            if _JVP_OF_CUSTOM_VJP not in str(e):
+                raise
+            raise TypeError(_FWD_CALLS_CUSTOM_VJP) from e
         (touts,) = jax.linear_transpose(vjp, outs)(tuple(tangents))
         return outs, touts
 
     return g
+
+
+# JAX's message when forward mode meets a `custom_vjp` function.
+_JVP_OF_CUSTOM_VJP = "can't apply forward-mode autodiff (jvp) to a custom_vjp"
+_FWD_CALLS_CUSTOM_VJP = (
+    "A second derivative of this field (a Laplacian, a Hessian, a gradient of "
+    "the divergence) differentiates the forward rule `fwd` of one of its "
+    "`jax.custom_vjp` functions in forward mode, as `jax.hessian` does, and that "
+    "rule calls a `custom_vjp` function itself (often the function it belongs "
+    "to: `def fwd(x): return f(x), residuals`), which JAX cannot differentiate "
+    "in forward mode; `jax.hessian` of the field fails the same way. Compute the "
+    "value in `fwd` without calling a `custom_vjp` function (write out the "
+    "function's body there). First derivatives (Jacobian, Divergence, Grad) are "
+    "not affected."
+)
 
 
 def _custom_vjp(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
