@@ -687,7 +687,30 @@ def _dtypes(x):
 
 
 add("structural_a", _structural_a, [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+
+
+_W3 = np.random.default_rng(3).normal(size=(3, 3))
+_W233 = np.random.default_rng(4).normal(size=(2, 3, 3))
+
+
+def _weight_times_vector(x):
+    # dot_general of a constant weight and a value that depends on x, contracted
+    # whole (the engine computes it vector-first): a matrix times a vector with a
+    # per-operand precision, a (2, 3, 3) weight contracted over two axes with a
+    # (3, 3) matrix, and a weight times a scalar (nothing contracted).
+    h = lax.dot_general(
+        _W3,
+        jnp.tanh(x),
+        (((1,), (0,)), ((), ())),
+        precision=(lax.Precision.HIGHEST, lax.Precision.DEFAULT),
+    )
+    m = lax.dot_general(_W233, jnp.outer(x, jnp.sin(h)), (((1, 2), (1, 0)), ((), ())))
+    s = lax.dot_general(_W3, jnp.sum(x * h), (((), ()), ((), ())))
+    return jnp.tanh(h) * x + m.sum() * x**2 + s @ x
+
+
 add("structural_b", _structural_b, _V_TIES)
+add("weight_times_vector", _weight_times_vector, [[0.0, 0.0, 0.0], [1.0, -1.0, 0.5]])
 add("structural_c", _structural_c, _V_TIES)
 add("dtypes", _dtypes, [[0.0, 1.0, -1.0], [0.5, 1.5, 2.0]])
 add(

@@ -42,6 +42,15 @@ def _dot(a: ArrayLike, b: ArrayLike, dims: Any, params: dict[str, Any]) -> Array
     )
 
 
+def _operands_swapped(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of `dot_general(b, a)` for those of `dot_general(a, b)`: a
+    per-operand precision `(lhs, rhs)` changes sides with its operands."""
+    precision = params.get("precision")
+    if isinstance(precision, tuple) and len(precision) == 2:
+        return {**params, "precision": precision[::-1]}
+    return params
+
+
 def _dot_tangent_lhs(t: Array, b: ArrayLike, params: dict[str, Any]) -> Array:
     """`dot_general(t[k], b)` for every k, with K as one more free lhs dimension."""
     (lc, rc), (lb, rb) = params["dimension_numbers"]
@@ -60,7 +69,10 @@ def _dot_tangent_rhs(a: ArrayLike, t: Array, params: dict[str, Any]) -> Array:
     """
     (lc, rc), (lb, rb) = params["dimension_numbers"]
     out = _dot(
-        t, a, ((jet.shift_axes(rc), tuple(lc)), (jet.shift_axes(rb), tuple(lb))), params
+        t,
+        a,
+        ((jet.shift_axes(rc), tuple(lc)), (jet.shift_axes(rb), tuple(lb))),
+        _operands_swapped(params),
     )
     # The result is (batch, K, rhs free, lhs free); we want (K, batch, lhs free,
     # rhs free).
@@ -72,18 +84,53 @@ def _dot_tangent_rhs(a: ArrayLike, t: Array, params: dict[str, Any]) -> Array:
     return out if perm == tuple(range(out.ndim)) else lax.transpose(out, perm)
 
 
+def _vector_first(dims: Any, b: ArrayLike) -> bool:
+    """Whether `dot_general(a, b)` equals `dot_general(b, a)` with the dimension
+    numbers swapped, with no transpose: no batch dimensions, and `b` contracted
+    whole (a matrix times a vector, `eqx.nn.Linear`'s `weight @ x`)."""
+    (_, rc), (lb, _) = dims
+    return not lb and len(rc) == jnp.ndim(b)
+
+
+def _dot_swapped(
+    a: ArrayLike, b: ArrayLike, dims: Any, params: dict[str, Any]
+) -> Array:
+    """`dot_general(a, b)` computed as `dot_general(b, a)`, for `_vector_first`
+    dimension numbers: the same numbers, in a better layout once batched.
+
+    Under `jax.vmap` the product of an unbatched weight and a batched vector
+    comes out `(features, batch)` in the first order and `(batch, features)` in
+    the second. The next elementwise rule reads its derivative at that value
+    once per direction, broadcast against `(batch, K, features)` tangents. Read
+    across the minor axis, that one fusion took 6.0 thread-ms of the seed net's
+    forward Jacobian at d = 128 in XLA's CPU profile (`jax.profiler`), and 1.3
+    in the second layout; the whole Jacobian went from 1.10x to 1.02-1.05x
+    `vmap(jacobian)`'s time (medians of 60 interleaved runs in one process).
+    """
+    (lc, rc), _ = dims
+    return _dot(b, a, ((tuple(rc), tuple(lc)), ((), ())), _operands_swapped(params))
+
+
 def _dot_general(ctx: JetContext, eqn: core.JaxprEqn, jets: list[Jet]) -> list[Jet]:
     a, b = jets
     p = eqn.params
-    (y,) = jet.bind(eqn, [a.primal, b.primal])
     dims = p["dimension_numbers"]
+    # A weight (no tangent) times a vector that depends on the input: the
+    # vector goes first (see `_dot_swapped`).
+    swap = a.tangent is None and b.tangent is not None and _vector_first(dims, b.primal)
+    if swap:
+        y = _dot_swapped(a.primal, b.primal, dims, p)
+    else:
+        (y,) = jet.bind(eqn, [a.primal, b.primal])
     t = jet.add_terms(
         None if a.tangent is None else _dot_tangent_lhs(a.tangent, b.primal, p),
         None if b.tangent is None else _dot_tangent_rhs(a.primal, b.tangent, p),
     )
     s = jet.add_terms(
         None if a.second is None else _dot(a.second, b.primal, dims, p),
-        None if b.second is None else _dot(a.primal, b.second, dims, p),
+        None
+        if b.second is None
+        else (_dot_swapped if swap else _dot)(a.primal, b.second, dims, p),
     )
     if a.tangent is not None and b.tangent is not None:
         # sum_k w_k B(T_a[k], T_b[k]): contract K along with the usual contracting
