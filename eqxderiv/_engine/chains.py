@@ -39,10 +39,12 @@ __all__ = [
     "MIN_SUMS",
     "Chain",
     "Run",
+    "RunCursor",
     "chain_at",
     "find_run",
     "read_after",
     "restricted",
+    "take_run",
 ]
 
 
@@ -221,29 +223,75 @@ def chain_at(
     output of `jaxpr`), or `None` for them where the run would not save work.
     No run that begins inside a refused one saves work either (its equations
     are a prefix of the rest of the refused run, each paying at most what it
-    paid there), so the caller need not look for one before `end`.
+    paid there), so the caller need not look for one before `end`
+    (`RunCursor`).
     """
+
+    def evaluate(root: Jet, primal: Array) -> Callable[[Callable], Jet]:
+        t, second = root.tangent, root.second
+        assert t is not None
+        # The one collapsed sum of the run, shared by all its outputs.
+        quad = ctx.quad(t, t)
+
+        def jet_of(fn: Callable) -> Jet:
+            g1 = partial_derivative(fn, 0)
+            g2 = partial_derivative(g1, 0)(primal)
+            g1 = g1(primal)
+            s = add_terms(mul_terms(g1, second), g2 * quad)
+            (out,) = single_jet(fn(primal), g1 * t, s)
+            return out
+
+        return jet_of
+
+    return take_run(jaxpr, start, env, last_use, _carries, is_builtin, evaluate)
+
+
+def take_run(
+    jaxpr: core.Jaxpr,
+    start: int,
+    env: Mapping[Any, Any],
+    last_use: Mapping[Any, int],
+    carries: Callable[[Any], bool],
+    builtin: Callable[[str], bool],
+    evaluate: Callable[[Any, Array], Callable[[Callable], Any]],
+) -> Chain | None:
+    """`chain_at` for jets of either order: the run at `start` (`find_run`, with
+    `carries` and `builtin` as there), refused below `MIN_SUMS`, else the jet
+    of each of its outputs read after it. `evaluate(root_jet, root_primal)` is
+    called once per taken run and gives the map from an output's function of
+    the root value (`restricted`) to that output's jet."""
     eqns = jaxpr.eqns
-    run = find_run(eqns, start, env, _carries, is_builtin)
+    run = find_run(eqns, start, env, carries, builtin)
     if run is None:
         return None
     if run.sums < MIN_SUMS:
         return Chain(run.end, None)
-    root_jet = env[run.root]
-    t, second = root_jet.tangent, root_jet.second
-    assert t is not None
-    # The one collapsed sum of the run, shared by all its outputs.
-    quad = ctx.quad(t, t)
-    jets = {}
-    for v in read_after(eqns, run, start, last_use):
-        fn = restricted(eqns[start : run.end], run.root, v, env)
-        y = fn(run.primal)
-        g1 = partial_derivative(fn, 0)
-        g2 = partial_derivative(g1, 0)(run.primal)
-        g1 = g1(run.primal)
-        s = add_terms(mul_terms(g1, second), g2 * quad)
-        (jets[v],) = single_jet(y, g1 * t, s)
+    jet_of = evaluate(env[run.root], run.primal)
+    jets = {
+        v: jet_of(restricted(eqns[start : run.end], run.root, v, env))
+        for v in read_after(eqns, run, start, last_use)
+    }
     return Chain(run.end, jets)
+
+
+class RunCursor:
+    """Both interpreters' search for runs, equation by equation: the run at an
+    equation where one is worth taking, and no search inside a run that was
+    refused (see `chain_at`'s **Returns:**)."""
+
+    def __init__(self, start: int = 0):
+        # No run worth taking begins before this index.
+        self.refused = start
+
+    def take(self, i: int, find: Callable[[], Chain | None]) -> Chain | None:
+        """`find()`'s run at equation `i` when it is taken, else `None`."""
+        if i < self.refused:
+            return None
+        chain = find()
+        if chain is not None and chain.jets is None:
+            self.refused = chain.end
+            return None
+        return chain
 
 
 def _carries(jet: Jet) -> bool:

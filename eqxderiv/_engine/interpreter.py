@@ -1,12 +1,13 @@
 """The interpreter: evaluates a jaxpr on jets, equation by equation, with the rule
 registered for each primitive (or the fallback)."""
 
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from jax.extend import core
 
-from .chains import chain_at
+from .chains import RunCursor, chain_at
 from .compression import compressed, last_uses, narrows, only_dependent
 from .jet import Jet, JetContext, bind, const_jets, primals_of
 from .registry import lookup
@@ -58,8 +59,7 @@ def run_jaxpr(
 
     last_use = last_uses(jaxpr)
     i = start
-    # No run begins before this index (inside a run that was not worth taking).
-    refused = start
+    runs = RunCursor(start)
     while i < len(jaxpr.eqns):
         eqn = jaxpr.eqns[i]
         jets = [read(v) for v in eqn.invars]
@@ -69,15 +69,13 @@ def run_jaxpr(
                 env.update(zip(eqn.outvars, const_jets(bind(eqn, primals_of(jets)))))
             i += 1
             continue
-        chain = chain_at(ctx, jaxpr, i, env, last_use) if i >= refused else None
+        chain = runs.take(i, functools.partial(chain_at, ctx, jaxpr, i, env, last_use))
         if chain is not None and chain.jets is not None:
             # A run of elementwise equations of one value, as one map; its
             # outputs carry curvature, so they are no place to compress.
             env.update(chain.jets)
             i = chain.end
             continue
-        if chain is not None:
-            refused = chain.end
         with eqn.ctx.manager:
             outs = lookup(eqn.primitive)(ctx, eqn, jets)
         env.update(zip(eqn.outvars, outs))

@@ -12,12 +12,13 @@ is `../chains.py`'s; a primitive with a rule of the user's at either order is
 interpreted for its own equation.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 from jax.extend import core
 
 from .. import registry as order2
-from ..chains import MIN_SUMS, Chain, find_run, read_after, restricted
+from ..chains import Chain, take_run
 from .jet import TaylorContext, TaylorJet
 from .registry import CHAIN, RULES
 from .rules import faa_di_bruno
@@ -41,31 +42,13 @@ def chain_at(
     env: dict[Any, TaylorJet],
     last_use: dict[Any, int],
 ) -> Chain | None:
-    """As `..chains.chain_at`, for order-K jets.
+    """`..chains.chain_at` (same arguments and result) for order-K jets: each
+    output of a taken run by one `faa_di_bruno` of its function of the root."""
 
-    **Arguments:**
+    def evaluate(root: TaylorJet, primal: Any) -> Callable[[Callable], TaylorJet]:
+        return lambda fn: faa_di_bruno(ctx, fn, root, False)
 
-    - `ctx`: the pass's context.
-    - `jaxpr`: the jaxpr being interpreted.
-    - `start`: the index of the equation to begin at.
-    - `env`: the jets of the values computed before it.
-    - `last_use`: `..compression.last_uses(jaxpr)`.
-
-    **Returns:** a `Chain` (`jets` `None` where the run would not save work), or
-    `None` where no run begins at `start`.
-    """
-    eqns = jaxpr.eqns
-    run = find_run(eqns, start, env, _carries, _builtin)
-    if run is None:
-        return None
-    if run.sums < MIN_SUMS:
-        return Chain(run.end, None)
-    root = env[run.root]
-    jets = {}
-    for v in read_after(eqns, run, start, last_use):
-        fn = restricted(eqns[start : run.end], run.root, v, env)
-        jets[v] = faa_di_bruno(ctx, fn, root, False)
-    return Chain(run.end, jets)
+    return take_run(jaxpr, start, env, last_use, _carries, _builtin, evaluate)
 
 
 CHAIN.append(chain_at)

@@ -1,11 +1,13 @@
 """The order-K interpreter: evaluates a jaxpr on `TaylorJet`s, equation by
 equation."""
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 from jax.extend import core
 
+from ..chains import RunCursor
 from ..compression import last_uses
 from ..jet import bind
 from .jet import TaylorContext, TaylorJet, const_jets
@@ -35,20 +37,18 @@ def eval_taylor_jaxpr(
         return env[v]
 
     last_use = last_uses(jaxpr)
-    # No run worth taking begins before this index (see `..chains.chain_at`).
-    refused = 0
+    runs = RunCursor()
     i = 0
     while i < len(jaxpr.eqns):
         eqn = jaxpr.eqns[i]
         jets = [read(v) for v in eqn.invars]
-        if any(j.live for j in jets) and i >= refused and CHAIN:
-            chain = CHAIN[0](ctx, jaxpr, i, env, last_use)
+        if any(j.live for j in jets) and CHAIN:
+            find = functools.partial(CHAIN[0], ctx, jaxpr, i, env, last_use)
+            chain = runs.take(i, find)
             if chain is not None and chain.jets is not None:
                 env.update(chain.jets)
                 i = chain.end
                 continue
-            if chain is not None:
-                refused = chain.end
         with eqn.ctx.manager:
             if not any(j.live for j in jets):
                 outs = const_jets(bind(eqn, [j.primal for j in jets]), ctx.order)
