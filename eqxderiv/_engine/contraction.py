@@ -1,5 +1,6 @@
 """The contraction `sum_k w_k <C_k, T_k>` of the output tangents with given
-directions (a divergence), taken before the field's last linear layer."""
+directions (a divergence), taken before the field's trailing affine equations
+(its last linear layer, a residual block's sum)."""
 
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ from .jet import Jet, bind
 from .registry import RULES, affine_in
 
 
-__all__ = ["contract", "linear_tail"]
+__all__ = ["contract", "tail_cotangents"]
 
 
 def _value(v: Any, env: dict[Any, Jet]) -> ArrayLike:
@@ -46,45 +47,72 @@ def _linear_part(
     return part
 
 
-def linear_tail(
-    jaxpr: core.Jaxpr, env: dict[Any, Jet]
-) -> tuple[Any, Callable[[Array], Array]] | None:
-    """The output as `L(mid) + c`, for the longest trailing chain of equations that
-    is affine (`registry.affine_in`) in one tangent-carrying variable `mid` (a
-    network's last linear layer: `dot_general` with a constant weight, a bias
-    `add`, reshapes).
+def tail_cotangents(
+    jaxpr: core.Jaxpr, env: dict[Any, Jet], directions: Array, dtype: Any
+) -> dict[Any, Array]:
+    """The contraction with `directions` pulled back through the trailing affine
+    equations that lead only to the output (a network's last linear layer, its
+    bias, a residual sum `h + Linear(u)`, reshapes).
 
-    Returns `(mid, L)` with `L` the *linear* part of the chain, or `None` when the
-    output is not produced that way.
+    An equation is pulled back through when it is affine (`registry.affine_in`)
+    in its operands that carry a tangent, its one output is read by nothing but
+    equations already pulled back through (or is the output `jaxpr.outvars[0]`
+    and read by nothing else; a value other equations also read has its
+    tangents formed anyway, so pulling back past it would only add inner
+    products), and each such operand's tangents are real of
+    `dtype` (the transpose of a map from complex values, `real`, is complex, and
+    its inner product with complex tangents would carry an imaginary part that
+    the output's real tangents lack). Where it is, its output's cotangent goes
+    to those operands through the transpose of its linear part, which for a
+    weight matrix and the coordinate directions of a divergence is the weight
+    itself: the same for every sample, so computed once under `vmap`.
+
+    **Returns:** `{var: C_var}`, the cotangents `(K, *var.shape)` of the values
+    where the pull-back stops, such that `sum_k w_k <C_k, T_out[k]>` is
+    `sum_var sum_k w_k <C_var[k], T_var[k]>`; `{outvars[0]: directions}` when
+    there is nothing to pull back through.
     """
-    producer = {v: e for e in jaxpr.eqns for v in e.outvars}
+    out = jaxpr.outvars[0]
+    if isinstance(out, core.Literal):
+        return {}
+    readers: dict[Any, list[int]] = {}
+    for i, eqn in enumerate(jaxpr.eqns):
+        for v in eqn.invars:
+            if not isinstance(v, core.Literal):
+                readers.setdefault(v, []).append(i)
+    # Read as another output of the jaxpr: its tangents are wanted as they are.
+    external = {v for v in jaxpr.outvars[1:] if not isinstance(v, core.Literal)}
 
     def tangent(v: Any) -> Array | None:
         return None if isinstance(v, core.Literal) else env[v].tangent
 
-    steps: list[Callable[[Array], Array]] = []
-    var = jaxpr.outvars[0]
-    while not isinstance(var, core.Literal) and var in producer:
-        eqn = producer[var]
+    cts: dict[Any, Array] = {out: directions}
+    through: set[int] = set()
+    for i in reversed(range(len(jaxpr.eqns))):
+        eqn = jaxpr.eqns[i]
+        if len(eqn.outvars) != 1 or eqn.outvars[0] not in cts:
+            continue
+        (y,) = eqn.outvars
+        if y in external or any(r not in through for r in readers.get(y, ())):
+            continue
         # An equation inside a run of elementwise equations evaluated as one map
         # (`chains.py`): its operands have no jets of their own.
         if any(not isinstance(v, core.Literal) and v not in env for v in eqn.invars):
-            break
-        live = [i for i, v in enumerate(eqn.invars) if tangent(v) is not None]
-        if len(live) != 1 or len(eqn.outvars) != 1 or not affine_in(eqn, live):
-            break
-        (i,) = live
-        steps.append(_linear_part(eqn, i, env))
-        var = eqn.invars[i]
-    if not steps:
-        return None
-
-    def linear(u: Array) -> Array:
-        for step in reversed(steps):
-            u = step(u)
-        return u
-
-    return var, linear
+            continue
+        live = [k for k, v in enumerate(eqn.invars) if tangent(v) is not None]
+        if not live or not affine_in(eqn, live):
+            continue
+        if any(jnp.result_type(tangent(eqn.invars[k])) != dtype for k in live):
+            continue
+        ct = cts.pop(y)
+        for k in live:
+            v = eqn.invars[k]
+            struct = jax.ShapeDtypeStruct(jnp.shape(env[v].primal), dtype)
+            transpose = jax.linear_transpose(_linear_part(eqn, k, env), struct)
+            back = jax.vmap(lambda c, tr=transpose: tr(c)[0])(ct)
+            cts[v] = cts[v] + back if v in cts else back
+        through.add(i)
+    return cts
 
 
 def contract(
@@ -96,26 +124,37 @@ def contract(
 ) -> Array:
     """`sum_k w_k <C_k, T_k>` for the output tangents `T`.
 
-    When the output is a linear map `L` of an intermediate `mid` (a last linear
-    layer), this is `sum_k w_k <L^T C_k, T_mid[k]>`: `L^T C` does not depend on the
-    sample (for the coordinate directions of a divergence it is the weight matrix
-    itself), so under `vmap` it is computed once, and the per-sample cost is an
-    inner product instead of the last layer's `(K, m, h)` tangent product. The
-    full `T` then goes unused unless the caller wants it, and XLA drops it.
+    Where the output is an affine map of earlier values (a last linear layer, a
+    residual block's sum), this is taken at those values, with the directions
+    pulled back (`tail_cotangents`): for the coordinate directions of a
+    divergence the pulled-back directions are products of weight matrices,
+    computed once under `vmap`, and the per-sample cost is an inner product
+    instead of the last layer's `(K, m, h)` tangent product (and, for a
+    residual block `h + Linear(u)`, instead of that block's). The tangents past
+    those values then go unused unless the caller wants them, and XLA drops
+    them.
     """
     w = weights.astype(t.dtype)
-    tail = linear_tail(jaxpr, env) if jaxpr.outvars else None
-    mid_t = None if tail is None else env[tail[0]].tangent
-    # Only through a real intermediate: the transpose of a map from complex
-    # values (`real`) is complex, and its inner product with complex tangents
-    # would carry an imaginary part that the output's real tangents lack.
-    if tail is not None and mid_t is not None and mid_t.dtype == t.dtype:
-        mid, linear = tail
-        struct = jax.ShapeDtypeStruct(jnp.shape(env[mid].primal), mid_t.dtype)
-        transpose = jax.linear_transpose(linear, struct)
-        back = jax.vmap(lambda c: transpose(c)[0])(directions.astype(t.dtype))
-        return _weighted_inner(w, back, mid_t)
-    return _weighted_inner(w, directions.astype(t.dtype), t)
+    directions = directions.astype(t.dtype)
+    if not jaxpr.outvars:
+        return _weighted_inner(w, directions, t)
+    out = jaxpr.outvars[0]
+    pairs = []
+    for v, c in tail_cotangents(jaxpr, env, directions, t.dtype).items():
+        # The output's own tangents as the caller has them (instantiated, of the
+        # output's shape); any other value's from the pass.
+        tv = t if v is out else env[v].tangent
+        if tv is None:
+            continue
+        if jnp.shape(tv) != jnp.shape(c):
+            # Not the K directions of the contraction (tangents that are not
+            # `(K, *shape)`): contracted at the output instead.
+            return _weighted_inner(w, directions, t)
+        pairs.append((c, tv))
+    total = jnp.zeros((), t.dtype)
+    for c, tv in pairs:
+        total = total + _weighted_inner(w, c, tv)
+    return total
 
 
 def _weighted_inner(w: Array, a: Array, b: Array) -> Array:

@@ -168,8 +168,9 @@ def collapsed_jet_contracted(
     as for `collapsed_jet` and
     `contraction = sum_k weights[k] <contract_with[k], out_tangents[k]>`: with
     `contract_with` the input directions themselves this is the divergence (or its
-    Hutchinson estimate). It is computed before the field's last linear layer
-    when there is one, which saves that layer's tangent product per sample.
+    Hutchinson estimate). It is computed before the field's trailing affine
+    equations (a last linear layer, a residual block's sum and linear layer),
+    which saves their tangent products per sample (`contraction.contract`).
     """
     traced = _trace(fn, primals, tangents, weights)
     with _engine_promotion():
@@ -296,7 +297,7 @@ def _identity_divergence(
     $$\\operatorname{tr}(J_F A) = \\sum_{k=1}^n \\langle A_{k,:}, J_F e_k \\rangle,$$
 
     `n` directions at `z` instead of `d` at the input, contracted with the rows
-    of `A` (and, through a last linear layer, before it: `contraction.contract`).
+    of `A` (and before the trailing affine equations: `contraction.contract`).
     """
     b = _bottleneck(closed, primals, index)
     if b is None:
