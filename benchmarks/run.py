@@ -43,6 +43,7 @@ timed; one that disagrees is reported and makes the script fail.
     python benchmarks/run.py --quick         # a small smoke run (used by CI)
     python benchmarks/run.py --no-training --no-sweep --no-higher   # operators
     python benchmarks/run.py --higher-only --merge docs/benchmarks/cpu.json
+    python benchmarks/profile_ops.py jacobian --d 128   # where a group's time goes
 
 `--quick` runs a tiny version of every group (d = 3, small widths, two runs of
 the new groups) and gives no verdict on the bars ("smoke run: bars not
